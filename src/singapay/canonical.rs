@@ -1,0 +1,271 @@
+//! The body forms a Singapay signature may have been computed over.
+//!
+//! `php` reproduces Singapay's official PHP sample: `json_decode(assoc)`, recursive
+//! `ksort(SORT_STRING)`, `json_encode(JSON_UNESCAPED_UNICODE|JSON_UNESCAPED_SLASHES)`, quirks
+//! included. `sorted` is what a Go signer produces with `UseNumber` and
+//! `SetEscapeHTML(false)`. Both read a [`Value`] whose object members are already sorted by
+//! key bytes, which is PHP's `SORT_STRING` order and Go's map-key order alike.
+
+use super::json::{Parsed, Value};
+
+/// PHP's canonical form, or `None` where PHP's pipeline fails (lone surrogate, a number
+/// that overflows to infinity, or a top level that is not an array/object).
+pub fn php_form(parsed: &Parsed) -> Option<String> {
+    if !parsed.php_decodable || !matches!(parsed.value, Value::Object(_) | Value::Array(_)) {
+        return None;
+    }
+    let mut out = String::new();
+    php_value(&parsed.value, &mut out).then_some(out)
+}
+
+/// Go's `encoding/json` form: keys sorted, arrays and `{}` kept, numbers as written.
+pub fn sorted_form(parsed: &Parsed) -> String {
+    let mut out = String::new();
+    go_value(&parsed.value, &mut out);
+    out
+}
+
+fn php_value(v: &Value, out: &mut String) -> bool {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::String(s) => escape_string(s, out),
+        Value::Number(lit) => match php_number(lit) {
+            Some(n) => out.push_str(&n),
+            None => return false,
+        },
+        Value::Array(items) => {
+            // PHP arrays are ordered maps keyed 0..n-1; ksort(SORT_STRING) reorders the keys
+            // as strings, so from 11 items on ("10" < "2") the result is no longer a list and
+            // json_encode writes an object.
+            if items.len() <= 10 {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    if !php_value(item, out) {
+                        return false;
+                    }
+                }
+                out.push(']');
+            } else {
+                let mut keys: Vec<String> = (0..items.len()).map(|i| i.to_string()).collect();
+                keys.sort();
+                out.push('{');
+                for (n, key) in keys.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    escape_string(key, out);
+                    out.push(':');
+                    let idx: usize = key.parse().unwrap_or_default();
+                    if !php_value(&items[idx], out) {
+                        return false;
+                    }
+                }
+                out.push('}');
+            }
+        }
+        Value::Object(members) => {
+            // An empty PHP array is a list (`{}` → `[]`), and an object whose sorted keys are
+            // exactly "0".."n-1" is indistinguishable from a list.
+            let is_list = members.iter().enumerate().all(|(i, (k, _))| is_index(k, i));
+            if is_list {
+                out.push('[');
+                for (i, (_, item)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    if !php_value(item, out) {
+                        return false;
+                    }
+                }
+                out.push(']');
+            } else {
+                out.push('{');
+                for (i, (k, item)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    escape_string(k, out);
+                    out.push(':');
+                    if !php_value(item, out) {
+                        return false;
+                    }
+                }
+                out.push('}');
+            }
+        }
+    }
+    true
+}
+
+fn is_index(key: &str, i: usize) -> bool {
+    // PHP turns only canonical decimal strings into integer keys ("01", "+1" and "-0" stay
+    // strings), so only those can make an array a list.
+    !key.is_empty()
+        && key.bytes().all(|b| b.is_ascii_digit())
+        && (key.len() == 1 || !key.starts_with('0'))
+        && key.parse::<usize>() == Ok(i)
+}
+
+fn go_value(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::String(s) => escape_string(s, out),
+        Value::Number(lit) => out.push_str(lit),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                go_value(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(members) => {
+            out.push('{');
+            for (i, (k, item)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                escape_string(k, out);
+                out.push(':');
+                go_value(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// String escaping shared by PHP (`JSON_UNESCAPED_UNICODE|JSON_UNESCAPED_SLASHES`) and Go
+/// (`SetEscapeHTML(false)`): they agree on every valid UTF-8 string.
+pub fn escape_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let b = c as u8;
+                out.push_str("\\u00");
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
+            }
+            // UNESCAPED_UNICODE does not cover the JS line terminators.
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A JSON number literal as PHP re-encodes it: integers that fit int64 stay exact, all
+/// else goes through a double printed with `serialize_precision = -1`. `None` for ±INF.
+pub fn php_number(lit: &str) -> Option<String> {
+    if !lit.contains(['.', 'e', 'E']) {
+        if let Ok(i) = lit.parse::<i64>() {
+            return Some(i.to_string());
+        }
+    }
+    let f: f64 = lit.parse().ok()?;
+    if !f.is_finite() {
+        return None;
+    }
+    Some(php_gcvt(f))
+}
+
+/// PHP's `php_gcvt(value, 17, '.', 'e')` in mode 0 (shortest round-trip digits).
+fn php_gcvt(f: f64) -> String {
+    let mut out = String::new();
+    if f.is_sign_negative() {
+        out.push('-');
+    }
+    if f == 0.0 {
+        out.push('0');
+        return out;
+    }
+    // Rust's `{:e}` prints the shortest digits that round-trip, as zend_dtoa mode 0 does.
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let decpt = exp + 1;
+    const NDIGIT: i32 = 17;
+    let exponential = if decpt < 0 {
+        decpt < -3
+    } else {
+        decpt > NDIGIT
+    };
+    let d = digits.as_bytes();
+    if exponential {
+        out.push(d[0] as char);
+        out.push('.');
+        if d.len() == 1 {
+            out.push('0');
+        } else {
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        out.push_str(&exp.unsigned_abs().to_string());
+    } else if decpt < 0 {
+        out.push_str("0.");
+        for _ in 0..(-decpt) {
+            out.push('0');
+        }
+        out.push_str(&digits);
+    } else {
+        let decpt = decpt as usize;
+        for i in 0..decpt {
+            out.push(d.get(i).map_or('0', |b| *b as char));
+        }
+        if d.len() > decpt {
+            if decpt == 0 {
+                out.push('0');
+            }
+            out.push('.');
+            out.push_str(&digits[decpt..]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn php_numbers_follow_serialize_precision_minus_one() {
+        let cases = [
+            ("10000.00", "10000"),
+            ("0.070", "0.07"),
+            ("1e3", "1000"),
+            ("-0", "0"),
+            ("-0.0", "-0"),
+            ("1e17", "1.0e+17"),
+            ("1e16", "10000000000000000"),
+            ("0.00001", "1.0e-5"),
+            ("0.0001", "0.0001"),
+            ("0.5", "0.5"),
+            ("9223372036854775807", "9223372036854775807"),
+            ("9223372036854775808", "9.223372036854776e+18"),
+            ("99999999999999999999", "1.0e+20"),
+            ("1.5e-7", "1.5e-7"),
+        ];
+        for (lit, want) in cases {
+            assert_eq!(php_number(lit).as_deref(), Some(want), "{lit}");
+        }
+        assert_eq!(php_number("1e400"), None);
+    }
+}

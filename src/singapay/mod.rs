@@ -1,0 +1,63 @@
+//! The pure domain: no I/O, no `axum`, no `sqlx`. Verification and classification are
+//! functions of (bytes, headers, clock, configuration).
+
+pub mod canonical;
+pub mod json;
+pub mod signature;
+pub mod status;
+pub mod time;
+pub mod webhook;
+
+use sha2::{Digest, Sha256};
+
+use json::{ParseError, Parsed};
+use signature::BodyForms;
+
+/// A received body with every form a signer may have hashed.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub parsed: Result<Parsed, ParseError>,
+    /// PHP's canonical form, when PHP could form one.
+    pub php: Option<String>,
+    /// Go's sorted-keys form, when the body is JSON.
+    pub sorted: Option<String>,
+}
+
+impl Body {
+    pub fn analyse(raw: &[u8]) -> Body {
+        let parsed = json::parse(raw);
+        let (php, sorted) = match &parsed {
+            Ok(p) => (canonical::php_form(p), Some(canonical::sorted_form(p))),
+            Err(_) => (None, None),
+        };
+        Body {
+            parsed,
+            php,
+            sorted,
+        }
+    }
+
+    pub fn forms<'a>(&'a self, raw: &'a [u8]) -> BodyForms<'a> {
+        BodyForms {
+            php: self.php.as_deref().map(str::as_bytes),
+            raw,
+            sorted: self.sorted.as_deref().map(str::as_bytes),
+        }
+    }
+
+    /// The dedupe key: SHA-256 of PHP's form when there is one (so a re-serialised retry of
+    /// the same content is still a duplicate), else of the raw bytes.
+    pub fn content_sha256(&self, raw: &[u8]) -> [u8; 32] {
+        let bytes = self.php.as_deref().map_or(raw, str::as_bytes);
+        Sha256::digest(bytes).into()
+    }
+
+    /// The body as a JSON object, if it is one.
+    pub fn object(&self) -> Option<&json::Value> {
+        self.parsed
+            .as_ref()
+            .ok()
+            .map(|p| &p.value)
+            .filter(|v| v.is_object())
+    }
+}
