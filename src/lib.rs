@@ -2,4 +2,11 @@
 //! singapay-webhooks: a receiver for Singapay payment-gateway callbacks that verifies each
 //! one, stores it exactly once in Postgres, and queues every real state change.
 
+pub mod cli;
+pub mod config;
+pub mod embedded_pg;
+pub mod http;
 pub mod singapay;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

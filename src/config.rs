@@ -1,0 +1,334 @@
+//! Settings from the environment (and `.env` when present). A bad value stops start-up
+//! with the variable's name; secrets are never printed, not even by `Debug`.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+
+use crate::singapay::signature::Credential;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub why: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.why)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(var: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        why: why.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// How the receiver behaves; everything `serve` needs except the database URL.
+#[derive(Clone)]
+pub struct Settings {
+    pub credentials: Vec<Credential>,
+    pub listen_addr: SocketAddr,
+    pub webhook_path: String,
+    pub signed_path_prefix: Option<String>,
+    pub timestamp_tolerance_secs: u64,
+    pub max_body_bytes: usize,
+    pub db_max_connections: u32,
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field(
+                "credentials",
+                &self
+                    .credentials
+                    .iter()
+                    .map(|c| &c.label)
+                    .collect::<Vec<_>>(),
+            )
+            .field("listen_addr", &self.listen_addr)
+            .field("webhook_path", &self.webhook_path)
+            .field("signed_path_prefix", &self.signed_path_prefix)
+            .field("timestamp_tolerance_secs", &self.timestamp_tolerance_secs)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
+pub const DEFAULT_WEBHOOK_PATH: &str = "/webhooks/singapay";
+
+/// Reads variables through `get`, so tests can supply their own environment.
+pub struct Env<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(get: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Env { get }
+    }
+
+    fn raw(&self, var: &str) -> Option<String> {
+        (self.get)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A secret-bearing variable, from `VAR` or from the file named by `VAR_FILE`.
+    pub fn secret(
+        &self,
+        var: &'static str,
+        file_var: &'static str,
+    ) -> Result<Option<String>, ConfigError> {
+        match (self.raw(var), self.raw(file_var)) {
+            (Some(_), Some(_)) => Err(bad(
+                var,
+                format!("set either {var} or {file_var}, not both"),
+            )),
+            (Some(v), None) => Ok(Some(v)),
+            (None, Some(path)) => std::fs::read_to_string(path.trim())
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|e| bad(file_var, format!("cannot read {}: {e}", path.trim()))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(
+        &self,
+        var: &'static str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| bad(var, format!("{:?} is not {what}", v.trim()))),
+        }
+    }
+
+    fn ranged(
+        &self,
+        var: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let v: u64 = self.parsed(var, default, "a whole number")?;
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(bad(var, format!("{v} is outside {min}..={max}")))
+        }
+    }
+
+    pub fn database_url(&self) -> Result<Option<SecretString>, ConfigError> {
+        Ok(self
+            .secret("DATABASE_URL", "DATABASE_URL_FILE")?
+            .map(SecretString::from))
+    }
+
+    pub fn require_database_url(&self) -> Result<SecretString, ConfigError> {
+        self.database_url()?.ok_or_else(|| {
+            bad(
+                "DATABASE_URL",
+                "is required (a postgres:// connection string)",
+            )
+        })
+    }
+
+    pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        match self
+            .raw("LOG_FORMAT")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("json") => Ok(LogFormat::Json),
+            Some("text") => Ok(LogFormat::Text),
+            Some(other) => Err(bad("LOG_FORMAT", format!("{other:?} is not json or text"))),
+        }
+    }
+
+    /// All settings; `secrets_required` is false for `dev`, which makes its own.
+    pub fn settings(&self, secrets_required: bool) -> Result<Settings, ConfigError> {
+        let credentials = match self.secret("SINGAPAY_WEBHOOK_SECRETS", "SINGAPAY_WEBHOOK_SECRETS_FILE")? {
+            Some(v) => parse_credentials(&v)?,
+            None if secrets_required => {
+                return Err(bad(
+                    "SINGAPAY_WEBHOOK_SECRETS",
+                    "is required: comma-separated label=secret entries (the Client Secret of every credential that may sign)",
+                ))
+            }
+            None => Vec::new(),
+        };
+        let listen_addr = self.parsed(
+            "LISTEN_ADDR",
+            DEFAULT_LISTEN_ADDR.parse().expect("valid default"),
+            "host:port",
+        )?;
+        let webhook_path = parse_path(
+            "WEBHOOK_PATH",
+            self.raw("WEBHOOK_PATH")
+                .as_deref()
+                .unwrap_or(DEFAULT_WEBHOOK_PATH),
+        )?;
+        let signed_path_prefix = self
+            .raw("SIGNED_PATH_PREFIX")
+            .map(|p| parse_path("SIGNED_PATH_PREFIX", &p))
+            .transpose()?;
+        Ok(Settings {
+            credentials,
+            listen_addr,
+            webhook_path,
+            signed_path_prefix,
+            timestamp_tolerance_secs: self.ranged(
+                "TIMESTAMP_TOLERANCE_SECS",
+                300,
+                1,
+                7 * 24 * 3600,
+            )?,
+            max_body_bytes: self.ranged("MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1024 * 1024)?
+                as usize,
+            db_max_connections: self.ranged("DB_MAX_CONNECTIONS", 16, 1, 1000)? as u32,
+            log_format: self.log_format()?,
+        })
+    }
+}
+
+fn parse_path(var: &'static str, p: &str) -> Result<String, ConfigError> {
+    let p = p.trim();
+    if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+        return Err(bad(
+            var,
+            format!("{p:?} must be a path starting with '/' (no query)"),
+        ));
+    }
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(bad(var, "must not be '/' alone"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// `label=secret` entries separated by commas or newlines; a bare entry is a secret on its
+/// own. Base64 padding (`abc==`) is a bare secret, not the label `abc`.
+pub fn parse_credentials(v: &str) -> Result<Vec<Credential>, ConfigError> {
+    const VAR: &str = "SINGAPAY_WEBHOOK_SECRETS";
+    let entries: Vec<&str> = v
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() {
+        return Err(bad(VAR, "has no secrets"));
+    }
+    let bare_count = entries.iter().filter(|e| split_label(e).is_none()).count();
+    let mut out: Vec<Credential> = Vec::new();
+    let mut bare_seen = 0;
+    for entry in entries {
+        let (label, secret) = match split_label(entry) {
+            Some((l, s)) => (l.to_owned(), s),
+            None => {
+                bare_seen += 1;
+                let label = if bare_count == 1 {
+                    "default".to_owned()
+                } else {
+                    format!("secret-{bare_seen}")
+                };
+                (label, entry)
+            }
+        };
+        if out.iter().any(|c| c.label == label) {
+            return Err(bad(VAR, format!("label {label:?} appears twice")));
+        }
+        out.push(Credential {
+            label,
+            secret: SecretString::from(secret.to_owned()),
+        });
+    }
+    Ok(out)
+}
+
+fn split_label(entry: &str) -> Option<(&str, &str)> {
+    let (label, secret) = entry.split_once('=')?;
+    let label_ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    let secret_ok = !secret.is_empty() && !secret.bytes().all(|b| b == b'=');
+    (label_ok && secret_ok).then_some((label, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = move |k: &str| map.get(k).cloned();
+        Env::new(&get).settings(true)
+    }
+
+    #[test]
+    fn credentials_accept_labels_and_bare_secrets() {
+        let c = parse_credentials("default=abc, specific=d=ef").unwrap();
+        assert_eq!(c[0].label, "default");
+        assert_eq!(c[1].label, "specific");
+        assert_eq!(c[1].secret.expose_secret(), "d=ef");
+        let c = parse_credentials("s3cr3t/with+symbols==").unwrap();
+        assert_eq!(
+            (c[0].label.as_str(), c[0].secret.expose_secret()),
+            ("default", "s3cr3t/with+symbols==")
+        );
+        let c = parse_credentials("abc==\nxyz").unwrap();
+        assert_eq!(c[0].label, "secret-1");
+        assert_eq!(c[0].secret.expose_secret(), "abc==");
+        assert!(parse_credentials("a=1,a=2").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let base = [("SINGAPAY_WEBHOOK_SECRETS", "s")];
+        for (var, value) in [
+            ("TIMESTAMP_TOLERANCE_SECS", "soon"),
+            ("TIMESTAMP_TOLERANCE_SECS", "0"),
+            ("MAX_BODY_BYTES", "-1"),
+            ("LISTEN_ADDR", "localhost"),
+            ("WEBHOOK_PATH", "webhooks"),
+            ("DB_MAX_CONNECTIONS", "0"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let err = settings(&[base[0], (var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+        }
+        assert_eq!(settings(&[]).unwrap_err().var, "SINGAPAY_WEBHOOK_SECRETS");
+    }
+
+    #[test]
+    fn debug_output_never_contains_a_secret() {
+        let s = settings(&[("SINGAPAY_WEBHOOK_SECRETS", "prod=very-secret-value")]).unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("very-secret-value"), "{dbg}");
+        assert!(dbg.contains("prod"));
+    }
+}

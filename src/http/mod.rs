@@ -1,0 +1,60 @@
+//! The HTTP surface: callbacks under `WEBHOOK_PATH`, health and readiness.
+
+mod error;
+mod health;
+mod webhook;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, RETRY_AFTER_SECS};
+
+use crate::config::Settings;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        // Callbacks are matched by hand so that no trailing-slash rule can ever redirect,
+        // and every sub-path under WEBHOOK_PATH is accepted.
+        .fallback(dispatch)
+        .with_state(state)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let prefix = state.settings.webhook_path.as_str();
+    let path = req.uri().path();
+    let under_prefix = path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if !under_prefix {
+        return ApiError::NotFound.into_response();
+    }
+    if req.method() != Method::POST {
+        return ApiError::MethodNotAllowed.into_response();
+    }
+    webhook::receive(state, req).await
+}

@@ -1,0 +1,88 @@
+//! Postgres: deliveries, transactions and the queue. Everything one callback writes happens
+//! in one transaction; idempotency comes from unique keys (`ON CONFLICT`), never from a
+//! read followed by a write.
+
+mod deliveries;
+mod events;
+mod transactions;
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub use deliveries::{record, record_rejection, touch_known, Delivery, Rejection, Stored};
+pub use events::{event_id, EVENT_NAMESPACE_NAME};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres unreachable, pool exhausted, or contention that outlived our retries:
+    /// Singapay should try again later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("storage error: {0}")]
+    Internal(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_transient(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Internal(e)
+        }
+    }
+}
+
+/// Errors that say "not now" rather than "never".
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            // 08: connection exception; 40001/40P01: serialization failure/deadlock;
+            // 53: insufficient resources; 57: operator intervention (shutdown, timeout).
+            c.starts_with("08")
+                || c == "40001"
+                || c == "40P01"
+                || c.starts_with("53")
+                || c.starts_with("57")
+        }),
+        _ => false,
+    }
+}
+
+fn is_retryable_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+}
+
+/// A pool that connects lazily, so the service starts (and keeps running) while Postgres
+/// is away and recovers by itself when it returns.
+pub fn pool(database_url: &SecretString, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = database_url.expose_secret().parse()?;
+    let options = options
+        .application_name("singapay-webhooks")
+        .options([("statement_timeout", "15s"), ("lock_timeout", "10s")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(true)
+        .connect_lazy_with(options))
+}
+
+/// Whether every embedded migration has been applied successfully.
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
+    Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+}
