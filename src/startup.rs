@@ -1,9 +1,7 @@
 //! Building and running the server, shared by `serve`, `dev` and the tests.
 
-use std::future::Future;
-use std::sync::Arc;
-
 use sqlx::PgPool;
+use std::future::Future;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -16,10 +14,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(AppState {
-        pool,
-        settings: Arc::new(settings),
-    });
+    let app = router(AppState::new(pool, settings));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -21,10 +21,25 @@ use crate::config::Settings;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Seconds since the epoch. Only the HTTP layer reads the clock; tests replace it to
+/// replay a vector at its own timestamp.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    pub clock: Clock,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, settings: Settings) -> Self {
+        AppState {
+            pool,
+            settings: Arc::new(settings),
+            clock: Arc::new(|| chrono::Utc::now().timestamp()),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {

@@ -94,7 +94,7 @@ async fn handle(state: AppState, req: Request) -> Result<Response, ApiError> {
         return Ok(Json(json!({ "status": "success", "test": true })).into_response());
     }
 
-    let now = Utc::now().timestamp();
+    let now = (state.clock)();
     let verified = signature::verify(
         signed,
         endpoint.as_bytes(),

@@ -1,5 +1,24 @@
+//! Test harness: a real Postgres (DATABASE_URL, or a throwaway cluster started from the
+//! machine's server binaries), a fresh database per test, and the app on a real socket.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use rand::RngCore;
+use secrecy::SecretString;
 use serde::Deserialize;
-use singapay_webhooks::singapay::signature::Credential;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
+use tokio::net::TcpListener;
+
+use singapay_webhooks::config::{LogFormat, Settings};
+use singapay_webhooks::embedded_pg::{self, Cluster};
+use singapay_webhooks::http::{router, AppState};
+use singapay_webhooks::singapay::signature::{self, Credential};
+use singapay_webhooks::singapay::Body;
+use singapay_webhooks::store;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Vector {
@@ -14,8 +33,8 @@ pub struct Vector {
     pub canonical_signature: Option<String>,
 }
 
-pub fn fixtures() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 pub fn load_vectors() -> Vec<Vector> {
@@ -29,9 +48,334 @@ pub fn load_vectors() -> Vec<Vector> {
         .vectors
 }
 
+pub fn payload(name: &str) -> String {
+    std::fs::read_to_string(fixtures().join("payloads").join(format!("{name}.json")))
+        .expect("payload fixture")
+}
+
 pub fn credential(label: &str, secret: &str) -> Credential {
     Credential {
         label: label.to_owned(),
         secret: secret.to_owned().into(),
     }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A throwaway cluster shared by the tests of one checkout, started on first use.
+fn shared_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let key = {
+            use sha2::{Digest, Sha256};
+            hex::encode(&Sha256::digest(env!("CARGO_MANIFEST_DIR").as_bytes())[..6])
+        };
+        let root = std::env::temp_dir().join(format!("singapay-webhooks-test-pg-{key}"));
+        std::fs::create_dir_all(&root).expect("test cluster dir");
+        // Test processes may run in parallel (nextest): one of them initialises and starts.
+        let lock = std::fs::File::create(
+            std::env::temp_dir().join(format!("singapay-webhooks-test-pg-{key}.lock")),
+        )
+        .expect("lock file");
+        lock.lock().expect("lock test cluster");
+        let cluster = Cluster::open(&root, false).expect("open test cluster");
+        cluster.start().expect("start test cluster");
+        lock.unlock().expect("unlock");
+        cluster
+    })
+}
+
+/// A server URL (without database) for tests to create databases on.
+fn server_url() -> String {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => shared_cluster().url("postgres"),
+    }
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("DATABASE_URL is a URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// A new, migrated database on the shared server.
+pub async fn fresh_database() -> (String, PgPool) {
+    let server = server_url();
+    let name = format!("test_{}", random_hex(8));
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to test server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    admin.close().await.ok();
+    let url = with_database(&server, &name);
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect(&url)
+        .await
+        .expect("connect to test database");
+    store::MIGRATOR.run(&pool).await.expect("migrate");
+    (url, pool)
+}
+
+pub fn default_settings(secret: &str) -> Settings {
+    Settings {
+        credentials: vec![credential("primary", secret)],
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        webhook_path: "/webhooks/singapay".into(),
+        signed_path_prefix: None,
+        timestamp_tolerance_secs: 300,
+        max_body_bytes: 1_048_576,
+        db_max_connections: 40,
+        log_format: LogFormat::Text,
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    /// The app's own pool (what the service uses).
+    pub app_pool: PgPool,
+    /// A separate pool for assertions.
+    pub db: PgPool,
+    pub database_url: String,
+    pub secret: String,
+    pub clock: Arc<AtomicI64>,
+    pub client: reqwest::Client,
+}
+
+/// 0 in the test clock means "use the real clock".
+const REAL_CLOCK: i64 = 0;
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let (database_url, db) = fresh_database().await;
+        Self::spawn_on(database_url, db, adjust).await
+    }
+
+    pub async fn spawn_on(
+        database_url: String,
+        db: PgPool,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
+        singapay_webhooks::telemetry::init_for_tests();
+        let secret = format!("cs_test_{}", random_hex(12));
+        let mut settings = default_settings(&secret);
+        adjust(&mut settings);
+        let app_pool = store::pool(
+            &SecretString::from(database_url.clone()),
+            settings.db_max_connections,
+        )
+        .expect("app pool");
+        let clock = Arc::new(AtomicI64::new(REAL_CLOCK));
+        let mut state = AppState::new(app_pool.clone(), settings);
+        let c = clock.clone();
+        state.clock = Arc::new(move || match c.load(Ordering::SeqCst) {
+            REAL_CLOCK => now(),
+            fixed => fixed,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, router(state)).await.unwrap();
+        });
+        TestApp {
+            addr,
+            app_pool,
+            db,
+            database_url,
+            secret,
+            clock,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn set_clock(&self, secs: i64) {
+        self.clock.store(secs, Ordering::SeqCst);
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// POSTs `body` to `endpoint` with the given headers (None = header absent).
+    pub async fn post_raw(
+        &self,
+        endpoint: &str,
+        body: impl Into<reqwest::Body>,
+        signature: Option<&str>,
+        timestamp: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Reply {
+        let mut req = self
+            .client
+            .post(self.url(endpoint))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(s) = signature {
+            req = req.header("x-signature", s);
+        }
+        if let Some(t) = timestamp {
+            req = req.header("x-timestamp", t);
+        }
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        req = req.header("x-partner-id", "partner-test");
+        Reply::from(req.send().await.expect("request sent")).await
+    }
+
+    /// Signs the way Singapay does (PHP's canonical form, or the raw bytes where PHP can
+    /// form none), with a fresh token, and POSTs.
+    pub async fn send(&self, body: &str) -> Reply {
+        self.send_at(body, now()).await
+    }
+
+    pub async fn send_at(&self, body: &str, timestamp: i64) -> Reply {
+        self.send_signed(DEFAULT_PATH, body, timestamp, &self.secret)
+            .await
+    }
+
+    pub async fn send_signed(
+        &self,
+        endpoint: &str,
+        body: &str,
+        timestamp: i64,
+        secret: &str,
+    ) -> Reply {
+        let token = random_hex(10);
+        let ts = timestamp.to_string();
+        let sig = sign_php(secret, endpoint, &token, body, &ts);
+        self.post_raw(
+            endpoint,
+            body.to_owned(),
+            Some(&sig),
+            Some(&ts),
+            Some(&format!("Bearer {token}")),
+        )
+        .await
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM singapay.{table}"))
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    pub async fn total_rows(&self) -> i64 {
+        let mut n = 0;
+        for t in [
+            "deliveries",
+            "transactions",
+            "transaction_events",
+            "rejected_deliveries",
+        ] {
+            n += self.count(t).await;
+        }
+        n
+    }
+}
+
+pub const DEFAULT_PATH: &str = "/webhooks/singapay";
+
+pub fn sign_php(secret: &str, endpoint: &str, token: &str, body: &str, ts: &str) -> String {
+    let analysed = Body::analyse(body.as_bytes());
+    let hashed = analysed.php.as_deref().unwrap_or(body);
+    signature::sign(
+        &SecretString::from(secret.to_owned()),
+        endpoint.as_bytes(),
+        token.as_bytes(),
+        hashed.as_bytes(),
+        ts.as_bytes(),
+    )
+}
+
+pub fn sign_raw(secret: &str, endpoint: &str, token: &str, body: &[u8], ts: &str) -> String {
+    signature::sign(
+        &SecretString::from(secret.to_owned()),
+        endpoint.as_bytes(),
+        token.as_bytes(),
+        body,
+        ts.as_bytes(),
+    )
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: serde_json::Value,
+}
+
+impl Reply {
+    async fn from(r: reqwest::Response) -> Reply {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    pub fn error_code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn delivery_id(&self) -> i64 {
+        self.json["delivery_id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no delivery_id in {:?}", self.json))
+    }
+
+    pub fn duplicate(&self) -> bool {
+        self.json["duplicate"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("no duplicate flag in {:?}", self.json))
+    }
+}
+
+/// A private cluster for a test that must stop and start Postgres itself.
+pub fn private_cluster() -> (tempfile::TempDir, Cluster) {
+    let dir = tempfile::Builder::new()
+        .prefix("singapay-pg-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cluster = Cluster::open(&dir.path().join("pg"), false).expect("open private cluster");
+    cluster.start().expect("start private cluster");
+    (dir, cluster)
+}
+
+pub async fn database_on(cluster: &Cluster, name: &str) -> (String, PgPool) {
+    embedded_pg::ensure_database(cluster, name).await.unwrap();
+    let url = cluster.url(name);
+    let pool = PgPoolOptions::new()
+        .max_connections(3)
+        .connect(&url)
+        .await
+        .unwrap();
+    store::MIGRATOR.run(&pool).await.unwrap();
+    (url, pool)
 }

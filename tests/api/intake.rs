@@ -1,0 +1,525 @@
+//! Callbacks in, rows out: classification of every sample, retries, ordering, staleness.
+
+use serde_json::json;
+
+use crate::helpers::{now, payload, TestApp, DEFAULT_PATH};
+
+#[derive(Debug, sqlx::FromRow)]
+struct DeliveryRow {
+    webhook_type: String,
+    event: Option<String>,
+    transaction_key: Option<String>,
+    status: Option<String>,
+    response_code: Option<String>,
+    transaction_status_code: Option<String>,
+    outcome: String,
+    signature_form: String,
+    credential: String,
+    times_received: i32,
+    needs_inquiry: bool,
+}
+
+async fn delivery(app: &TestApp, id: i64) -> DeliveryRow {
+    sqlx::query_as(
+        "SELECT webhook_type, event, transaction_key, status, response_code, transaction_status_code,
+                outcome, signature_form, credential, times_received, needs_inquiry
+           FROM singapay.deliveries WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn events_for(app: &TestApp, key: &str) -> Vec<(i32, Option<String>, String)> {
+    sqlx::query_as(
+        "SELECT version, from_status, to_status FROM singapay.transaction_events
+          WHERE transaction_key = $1 ORDER BY version",
+    )
+    .bind(key)
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
+/// Expected values read off the sample bodies in tests/fixtures/payloads (Singapay's
+/// documented shapes), not from this code.
+const SINGLE_SAMPLES: &[(&str, &str, &str, &str, Option<&str>, Option<&str>)] = &[
+    (
+        "va-transaction",
+        "va-transaction",
+        "va:3211120260314091205518",
+        "succeeded",
+        None,
+        None,
+    ),
+    (
+        "qris-acquirer-transaction",
+        "qris-acquirer-transaction",
+        "qris:6601K9Q2ZC7RM3B8T1XW4HF0NE",
+        "succeeded",
+        None,
+        None,
+    ),
+    (
+        "payment-link-transaction",
+        "payment-link-transaction",
+        "payment_link:31245417720260315190255812QwErTy",
+        "succeeded",
+        None,
+        None,
+    ),
+    (
+        "payment-link-inquiry",
+        "payment-link-inquiry",
+        "payment_link:31245417720260315190255812QwErTy",
+        "pending",
+        None,
+        None,
+    ),
+    (
+        "ewallet-native-transaction",
+        "ewallet-native-transaction",
+        "ewallet:EW2026031608245533XK",
+        "succeeded",
+        None,
+        None,
+    ),
+    (
+        "disbursement",
+        "disbursement",
+        "disbursement:1405981222026031614220917745120",
+        "succeeded",
+        Some("SP000"),
+        Some("00"),
+    ),
+    (
+        "ewallet-topup",
+        "ewallet-topup",
+        "ewallet_topup:1412871222026031710054011209356",
+        "succeeded",
+        Some("SP000"),
+        Some("00"),
+    ),
+    (
+        "qris-issuer",
+        "qris-issuer",
+        "qris_issuer:1420331222026031809100035581744",
+        "failed",
+        Some("SP001"),
+        Some("06"),
+    ),
+    (
+        "settlement",
+        "settlement",
+        "settlement:SETTLEMENT-57-K4Q9ZT",
+        "completed",
+        None,
+        None,
+    ),
+    (
+        "subscription-cycle",
+        "subscription-cycle",
+        "subscription_bill:BILL-20260401-00418-02",
+        "failed",
+        None,
+        None,
+    ),
+    (
+        "direct-debit",
+        "direct-debit",
+        "direct_debit:6f1d2c3b-8a4e-4f7a-9b21-3c5d7e9f0a12",
+        "active",
+        None,
+        None,
+    ),
+];
+
+#[tokio::test]
+async fn every_sample_is_accepted_and_classified() {
+    let app = TestApp::spawn().await;
+    for (file, wtype, key, status, rc, tsc) in SINGLE_SAMPLES {
+        let r = app.send(&payload(file)).await;
+        assert_eq!(r.status, 200, "{file}: {:?}", r.json);
+        assert!(!r.duplicate());
+        let d = delivery(&app, r.delivery_id()).await;
+        assert_eq!(d.webhook_type, *wtype, "{file}");
+        assert_eq!(d.transaction_key.as_deref(), Some(*key), "{file}");
+        assert_eq!(d.status.as_deref(), Some(*status), "{file}");
+        assert_eq!(d.response_code.as_deref(), *rc, "{file}");
+        assert_eq!(d.transaction_status_code.as_deref(), *tsc, "{file}");
+        assert_eq!(d.signature_form, "php");
+        assert_eq!(d.credential, "primary");
+        let current: String = sqlx::query_scalar(
+            "SELECT status FROM singapay.transactions WHERE transaction_key = $1",
+        )
+        .bind(key)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if *file == "payment-link-inquiry" {
+            // Sent after the paid callback for the same attempt: a late "pending" is stale.
+            assert_eq!(d.outcome, "stale");
+            assert_eq!(current, "succeeded");
+        } else {
+            assert_eq!(d.outcome, "applied", "{file}");
+            assert_eq!(&current, status, "{file}");
+        }
+    }
+    // Request-level codes and payment state live in their own columns.
+    let (rc, tsc, st, amount): (String, String, String, String) = sqlx::query_as(
+        "SELECT t.last_response_code, t.transaction_status_code, t.status, t.amount::text
+           FROM singapay.transactions t WHERE transaction_key = 'qris_issuer:1420331222026031809100035581744'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (rc.as_str(), tsc.as_str(), st.as_str(), amount.as_str()),
+        ("SP001", "06", "failed", "30000.00")
+    );
+    let (amount, merchant_ref): (String, String) = sqlx::query_as(
+        "SELECT amount::text, merchant_reference FROM singapay.transactions WHERE transaction_key = 'va:3211120260314091205518'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (amount.as_str(), merchant_ref.as_str()),
+        ("245000", "ORD-77310-A")
+    );
+}
+
+#[tokio::test]
+async fn expiration_batches_produce_one_state_change_per_item() {
+    let app = TestApp::spawn().await;
+    for (file, keys) in [
+        (
+            "product-expiration",
+            vec![
+                "payment_link:INV-2026-03-0902",
+                "qris:6601KA1B2C3D4E5F6G7H8J9K0M",
+            ],
+        ),
+        (
+            "transaction-expiration",
+            vec![
+                "payment_link:31305417720260321043102990AbCdEf",
+                "qris:6601KA9X8W7V6T5S4R3Q2P1N0M",
+                "qris:6601KA9X8W7V6T5S4R3Q2P1N0P",
+            ],
+        ),
+    ] {
+        let r = app.send(&payload(file)).await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        let d = delivery(&app, r.delivery_id()).await;
+        assert_eq!(d.webhook_type, file);
+        assert_eq!(d.outcome, "batch");
+        let changed: Vec<String> = sqlx::query_scalar(
+            "SELECT transaction_key FROM singapay.transaction_events WHERE delivery_id = $1 AND to_status = 'expired' ORDER BY 1",
+        )
+        .bind(r.delivery_id())
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        assert_eq!(changed, keys, "{file}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_events_and_unusable_fields_are_stored_as_unrecognised() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .send(r#"{"status":200,"success":true,"event":"kyb-result","data":{"id":1}}"#)
+        .await;
+    assert_eq!(r.status, 200);
+    let d = delivery(&app, r.delivery_id()).await;
+    assert_eq!(
+        (d.webhook_type.as_str(), d.outcome.as_str()),
+        ("unknown", "unrecognised")
+    );
+    assert_eq!(d.event.as_deref(), Some("kyb-result"));
+    // A known type whose id has the wrong type: authentic, acknowledged, never applied.
+    let r = app.send(r#"{"event":"disbursement","response_code":"SP000","data":{"transaction_id":[1],"transaction_status":{"code":"00"}}}"#).await;
+    assert_eq!(r.status, 200);
+    let d = delivery(&app, r.delivery_id()).await;
+    assert_eq!(
+        (d.webhook_type.as_str(), d.outcome.as_str()),
+        ("disbursement", "unrecognised")
+    );
+    assert_eq!(app.count("transactions").await, 0);
+    assert_eq!(app.count("transaction_events").await, 0);
+}
+
+#[tokio::test]
+async fn a_retry_is_a_duplicate_not_a_second_row() {
+    let app = TestApp::spawn().await;
+    let body = payload("va-transaction");
+    let first = app.send(&body).await;
+    assert_eq!((first.status, first.duplicate()), (200, false));
+    // Same body, new timestamp, token and signature.
+    let again = app.send_at(&body, now() + 1).await;
+    assert_eq!(again.status, 200);
+    assert!(again.duplicate());
+    assert_eq!(again.delivery_id(), first.delivery_id());
+    assert_eq!(app.count("deliveries").await, 1);
+    assert_eq!(delivery(&app, first.delivery_id()).await.times_received, 2);
+    assert_eq!(app.count("transaction_events").await, 1);
+    // A re-serialised retry (other whitespace and key order) is the same content.
+    let reordered =
+        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&body).unwrap())
+            .unwrap();
+    let third = app.send(&reordered).await;
+    assert!(third.duplicate(), "{:?}", third.json);
+    assert_eq!(app.count("deliveries").await, 1);
+}
+
+fn disbursement(id: &str, response_code: &str, status_code: &str, note: &str) -> String {
+    json!({
+        "response_code": response_code,
+        "response_message": if response_code == "SP000" { "Successfully" } else { "Transaction Failure" },
+        "event": "disbursement",
+        "data": {
+            "transaction_id": id,
+            "reference_number": "PAYOUT-T-1",
+            "transaction_status": { "code": status_code, "desc": "x" },
+            "post_timestamp": "1773645729000",
+            "processed_timestamp": "",
+            "net_amount": { "currency": "IDR", "value": "10000.00" },
+            "notes": note
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn disbursement_sequence_versions_and_a_late_pending_is_stale() {
+    let app = TestApp::spawn().await;
+    let id = "1405981222026031614220917740001";
+    let key = format!("disbursement:{id}");
+    let mut outcomes = Vec::new();
+    for (i, code) in ["01", "03", "00", "03"].iter().enumerate() {
+        let r = app
+            .send(&disbursement(id, "SP000", code, &format!("step {i}")))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        outcomes.push(delivery(&app, r.delivery_id()).await.outcome);
+    }
+    assert_eq!(outcomes, ["applied", "applied", "applied", "stale"]);
+    assert_eq!(
+        events_for(&app, &key).await,
+        vec![
+            (1, None, "initiated".to_owned()),
+            (2, Some("initiated".to_owned()), "pending".to_owned()),
+            (3, Some("pending".to_owned()), "succeeded".to_owned()),
+        ]
+    );
+    let (status, version): (String, i32) = sqlx::query_as(
+        "SELECT status, version FROM singapay.transactions WHERE transaction_key = $1",
+    )
+    .bind(&key)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), version), ("succeeded", 3));
+}
+
+#[tokio::test]
+async fn request_codes_never_decide_the_payment_state() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .send(&disbursement(
+            "900000000000000000000000000001",
+            "SP000",
+            "01",
+            "a",
+        ))
+        .await;
+    let d = delivery(&app, r.delivery_id()).await;
+    assert_eq!(
+        d.status.as_deref(),
+        Some("initiated"),
+        "SP000 + 01 is initiated, never succeeded"
+    );
+    let r = app
+        .send(&disbursement(
+            "900000000000000000000000000002",
+            "SP001",
+            "06",
+            "b",
+        ))
+        .await;
+    let d = delivery(&app, r.delivery_id()).await;
+    assert_eq!(d.status.as_deref(), Some("failed"));
+    assert_eq!(d.response_code.as_deref(), Some("SP001"));
+    // SP005 without any status: state untouched, inquiry flagged.
+    let body = r#"{"response_code":"SP005","response_message":"Timeout","event":"disbursement","data":{"transaction_id":"900000000000000000000000000001"}}"#;
+    let r = app.send(body).await;
+    assert_eq!(r.status, 200);
+    let d = delivery(&app, r.delivery_id()).await;
+    assert!(d.needs_inquiry);
+    assert_eq!(d.status, None);
+    assert_eq!(d.outcome, "unchanged");
+    let st: String = sqlx::query_scalar(
+        "SELECT status FROM singapay.transactions WHERE transaction_key = 'disbursement:900000000000000000000000000001'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(st, "initiated");
+}
+
+#[tokio::test]
+async fn terminal_to_terminal_is_a_conflict_and_success_to_refund_is_applied() {
+    let app = TestApp::spawn().await;
+    let id = "900000000000000000000000000003";
+    app.send(&disbursement(id, "SP000", "00", "1")).await;
+    let r = app.send(&disbursement(id, "SP001", "06", "2")).await;
+    assert_eq!(delivery(&app, r.delivery_id()).await.outcome, "conflict");
+    let r = app.send(&disbursement(id, "SP000", "04", "3")).await;
+    assert_eq!(delivery(&app, r.delivery_id()).await.outcome, "applied");
+    let key = format!("disbursement:{id}");
+    let to: Vec<String> = events_for(&app, &key)
+        .await
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(to, ["succeeded", "refunded"]);
+}
+
+#[tokio::test]
+async fn stale_timestamps_duplicate_known_content_and_refuse_new_content() {
+    let app = TestApp::spawn().await;
+    let body = payload("disbursement");
+    assert_eq!(app.send(&body).await.status, 200);
+    // Known content, timestamp 10 minutes old: a harmless late retry.
+    let late = app.send_at(&body, now() - 600).await;
+    assert_eq!(late.status, 200, "{:?}", late.json);
+    assert!(late.duplicate());
+    // New content with a stale (or future) timestamp: refused, kept for replay.
+    let fresh_content = payload("ewallet-topup");
+    let r = app.send_at(&fresh_content, now() - 600).await;
+    assert_eq!((r.status, r.error_code()), (401, "stale_timestamp"));
+    let r = app.send_at(&fresh_content, now() + 900).await;
+    assert_eq!((r.status, r.error_code()), (401, "stale_timestamp"));
+    assert_eq!(app.count("rejected_deliveries").await, 1);
+    let times: i32 = sqlx::query_scalar("SELECT times_received FROM singapay.rejected_deliveries")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(times, 2);
+    assert_eq!(app.count("deliveries").await, 1);
+}
+
+#[tokio::test]
+async fn the_dashboard_test_ping_is_acknowledged_and_not_stored() {
+    let app = TestApp::spawn().await;
+    let body = r#"{"status":200,"success":true,"data":"VA Payment Notification testing"}"#;
+    let r = app.post_raw(DEFAULT_PATH, body, None, None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["test"], true);
+    assert_eq!(app.total_rows().await, 0);
+    // Anything else without signature headers is refused.
+    let r = app
+        .post_raw(DEFAULT_PATH, payload("va-transaction"), None, None, None)
+        .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (401, "missing_signature_headers")
+    );
+}
+
+#[tokio::test]
+async fn sub_paths_and_several_credentials_are_accepted() {
+    let app = TestApp::spawn_with(|s| {
+        s.credentials.push(crate::helpers::credential(
+            "default-credential",
+            "the-default-secret",
+        ));
+    })
+    .await;
+    let r = app
+        .send_signed(
+            "/webhooks/singapay/money-out?src=sp",
+            &payload("disbursement"),
+            now(),
+            "the-default-secret",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let (cred, path): (String, String) =
+        sqlx::query_as("SELECT credential, request_path FROM singapay.deliveries WHERE id = $1")
+            .bind(r.delivery_id())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (cred.as_str(), path.as_str()),
+        ("default-credential", "/webhooks/singapay/money-out?src=sp")
+    );
+}
+
+#[tokio::test]
+async fn a_rewritten_path_verifies_against_the_signed_prefix() {
+    let app =
+        TestApp::spawn_with(|s| s.signed_path_prefix = Some("/payments/hooks/sp".into())).await;
+    let body = payload("va-transaction");
+    let token = "tok123";
+    let ts = now().to_string();
+    // Singapay signed the public path; the proxy delivered it to WEBHOOK_PATH.
+    let sig = crate::helpers::sign_php(&app.secret, "/payments/hooks/sp/va?x=1", token, &body, &ts);
+    let r = app
+        .post_raw(
+            "/webhooks/singapay/va?x=1",
+            body.clone(),
+            Some(&sig),
+            Some(&ts),
+            Some("Bearer tok123"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let sig = crate::helpers::sign_php(&app.secret, "/webhooks/singapay/va?x=1", token, &body, &ts);
+    let r = app
+        .post_raw(
+            "/webhooks/singapay/va?x=1",
+            body,
+            Some(&sig),
+            Some(&ts),
+            Some("Bearer tok123"),
+        )
+        .await;
+    assert_eq!((r.status, r.error_code()), (401, "signature_invalid"));
+}
+
+#[tokio::test]
+async fn routes_never_redirect() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .get(app.url("/webhooks/singapay/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let r = app
+        .client
+        .post(app.url("/webhooks/singapayx"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = app
+        .client
+        .post(app.url("/webhooks/singapay/"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("x-request-id").is_some());
+}
