@@ -104,6 +104,10 @@ impl VerifyError {
 /// `Authorization` minus a leading `Bearer` and its whitespace (case-insensitive).
 pub fn bearer_token(authorization: &[u8]) -> &[u8] {
     let trimmed = trim_ascii(authorization);
+    // "Bearer" alone (HTTP strips the trailing space) carries no token.
+    if trimmed.eq_ignore_ascii_case(b"bearer") {
+        return &[];
+    }
     if trimmed.len() > 6
         && trimmed[..6].eq_ignore_ascii_case(b"bearer")
         && trimmed[6].is_ascii_whitespace()
@@ -243,6 +247,7 @@ mod tests {
         assert_eq!(bearer_token(b"BEARER\tabc"), b"abc");
         assert_eq!(bearer_token(b"abc"), b"abc");
         assert_eq!(bearer_token(b"Bearerabc"), b"Bearerabc");
+        assert_eq!(bearer_token(b"Bearer "), b"");
     }
 
     #[test]

@@ -1,3 +1,6 @@
+mod concurrency;
 mod helpers;
+mod hostile;
 mod intake;
+mod outage;
 mod vectors;

@@ -72,3 +72,281 @@ fn every_vector_verifies_in_the_form_it_was_signed() {
         assert_eq!(ok.form, want, "{}", v.name);
     }
 }
+
+use std::collections::HashSet;
+
+use crate::helpers::{sign_raw, TestApp, Vector};
+
+/// The PHP-decodable objects among the "undecodable" vectors: valid JSON objects that PHP
+/// cannot canonicalise (a float overflowing to INF, a lone surrogate).
+const OBJECTS_WITHOUT_PHP_FORM: [&str; 2] = [r#"{"a":1e400}"#, r#"{"s":"\ud800"}"#];
+
+fn is_json_object(v: &Vector) -> bool {
+    OBJECTS_WITHOUT_PHP_FORM.contains(&v.raw_body.as_str())
+        || serde_json::from_str::<serde_json::Value>(&v.raw_body).is_ok_and(|j| j.is_object())
+}
+
+fn webhook_path(endpoint: &str) -> &str {
+    endpoint.split('?').next().unwrap()
+}
+
+async fn apps_for(paths: &[&str], secrets: &[String]) -> Vec<(String, TestApp)> {
+    let mut apps = Vec::new();
+    for p in paths {
+        let path = p.to_string();
+        let secrets = secrets.to_vec();
+        let app = TestApp::spawn_with(move |s| {
+            s.webhook_path = path;
+            s.credentials = secrets
+                .iter()
+                .enumerate()
+                .map(|(i, sec)| crate::helpers::credential(&format!("vec-{i}"), sec))
+                .collect();
+        })
+        .await;
+        apps.push((p.to_string(), app));
+    }
+    apps
+}
+
+/// A one-byte change to the body that changes its content (never just whitespace).
+fn tamper_body(raw: &str) -> Vec<u8> {
+    let mut b = raw.as_bytes().to_vec();
+    let i = b.iter().rposition(|c| !c.is_ascii_whitespace()).unwrap();
+    b[i] = match b[i] {
+        b'}' => b']',
+        b']' => b'}',
+        c if c.is_ascii_digit() => {
+            if c == b'9' {
+                b'0'
+            } else {
+                c + 1
+            }
+        }
+        c if c.is_ascii_alphabetic() => {
+            if c == b'z' || c == b'Z' {
+                c - 1
+            } else {
+                c + 1
+            }
+        }
+        _ => b'#',
+    };
+    b
+}
+
+fn app_for<'a>(apps: &'a [(String, TestApp)], v: &Vector) -> &'a TestApp {
+    &apps
+        .iter()
+        .find(|(p, _)| p == webhook_path(&v.endpoint))
+        .unwrap()
+        .1
+}
+
+fn tamper_last(s: &str) -> String {
+    let mut b = s.as_bytes().to_vec();
+    let last = b.len() - 1;
+    b[last] = if b[last] == b'x' { b'y' } else { b'x' };
+    String::from_utf8(b).unwrap()
+}
+
+#[tokio::test]
+async fn every_vector_is_accepted_over_http_and_every_one_byte_change_is_refused() {
+    let vectors = load_vectors();
+    let secrets: Vec<String> = vectors
+        .iter()
+        .map(|v| v.secret.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let paths: Vec<&str> = vectors
+        .iter()
+        .map(|v| webhook_path(&v.endpoint))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    // One set of receivers gets the canonical signatures, another the raw ones, so each
+    // form is seen on content not stored before.
+    let canonical_apps = apps_for(&paths, &secrets).await;
+    let raw_apps = apps_for(&paths, &secrets).await;
+    let (canonical_apps, raw_apps) = (canonical_apps.as_slice(), raw_apps.as_slice());
+
+    let mut seen_canonical = HashSet::new();
+    let mut seen_raw = HashSet::new();
+    for v in &vectors {
+        let ts: i64 = v.timestamp.parse().unwrap();
+        let auth = format!("Bearer {}", v.access_token);
+        // What the dedupe key is made of, per PHP's own output.
+        let content = v
+            .canonical_body
+            .clone()
+            .unwrap_or_else(|| v.raw_body.clone());
+        for (apps, sig, seen, want_form) in [
+            (
+                canonical_apps,
+                v.canonical_signature.clone(),
+                &mut seen_canonical,
+                "php",
+            ),
+            (
+                raw_apps,
+                Some(v.raw_signature.clone()),
+                &mut seen_raw,
+                "raw",
+            ),
+        ] {
+            let Some(sig) = sig else { continue };
+            let app = app_for(apps, v);
+            app.set_clock(ts);
+            let r = app
+                .post_raw(
+                    &v.endpoint,
+                    v.raw_body.clone(),
+                    Some(&sig),
+                    Some(&v.timestamp),
+                    Some(&auth),
+                )
+                .await;
+            if !is_json_object(v) {
+                assert_eq!(
+                    (r.status, r.error_code()),
+                    (400, "invalid_body"),
+                    "{}: {:?}",
+                    v.name,
+                    r.json
+                );
+                continue;
+            }
+            assert_eq!(r.status, 200, "{} ({want_form}): {:?}", v.name, r.json);
+            let first_time = seen.insert((webhook_path(&v.endpoint).to_owned(), content.clone()));
+            assert_eq!(r.duplicate(), !first_time, "{}", v.name);
+            if first_time {
+                let form: String = sqlx::query_scalar(
+                    "SELECT signature_form FROM singapay.deliveries WHERE id = $1",
+                )
+                .bind(r.delivery_id())
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+                // Where PHP's form is the raw body byte for byte, the php form matches first.
+                let expected = if v.canonical_body.as_deref() == Some(v.raw_body.as_str()) {
+                    "php"
+                } else {
+                    want_form
+                };
+                assert_eq!(form, expected, "{}", v.name);
+            }
+        }
+    }
+
+    // Tampering: the same headers with one byte changed anywhere; all refused, no rows.
+    let mut rows_before = 0;
+    for (_, app) in canonical_apps {
+        rows_before += app.total_rows().await;
+    }
+    for v in &vectors {
+        let ts: i64 = v.timestamp.parse().unwrap();
+        let sig = v
+            .canonical_signature
+            .clone()
+            .unwrap_or_else(|| v.raw_signature.clone());
+        let auth = format!("Bearer {}", v.access_token);
+        let app = app_for(canonical_apps, v);
+        app.set_clock(ts);
+        let tampered_path = if v.endpoint.contains('?') {
+            tamper_last(&v.endpoint)
+        } else {
+            format!("{}/", v.endpoint)
+        };
+        let forged_secret = tamper_last(&v.secret);
+        let forged_sig = sign_raw(
+            &forged_secret,
+            &v.endpoint,
+            &v.access_token,
+            v.raw_body.as_bytes(),
+            &v.timestamp,
+        );
+        let forged_canonical_sig = v.canonical_body.as_ref().map(|c| {
+            sign_raw(
+                &forged_secret,
+                &v.endpoint,
+                &v.access_token,
+                c.as_bytes(),
+                &v.timestamp,
+            )
+        });
+        let next_ts = (ts + 1).to_string();
+        let cases: Vec<(&str, String, Vec<u8>, String, String, String)> = vec![
+            (
+                "body",
+                v.endpoint.clone(),
+                tamper_body(&v.raw_body),
+                sig.clone(),
+                v.timestamp.clone(),
+                auth.clone(),
+            ),
+            (
+                "path",
+                tampered_path,
+                v.raw_body.as_bytes().to_vec(),
+                sig.clone(),
+                v.timestamp.clone(),
+                auth.clone(),
+            ),
+            (
+                "token",
+                v.endpoint.clone(),
+                v.raw_body.as_bytes().to_vec(),
+                sig.clone(),
+                v.timestamp.clone(),
+                format!("Bearer {}", tamper_last(&v.access_token)),
+            ),
+            (
+                "timestamp",
+                v.endpoint.clone(),
+                v.raw_body.as_bytes().to_vec(),
+                sig.clone(),
+                next_ts,
+                auth.clone(),
+            ),
+            (
+                "secret",
+                v.endpoint.clone(),
+                v.raw_body.as_bytes().to_vec(),
+                forged_sig,
+                v.timestamp.clone(),
+                auth.clone(),
+            ),
+        ];
+        let mut cases = cases;
+        if let Some(s) = forged_canonical_sig {
+            cases.push((
+                "secret/php",
+                v.endpoint.clone(),
+                v.raw_body.as_bytes().to_vec(),
+                s,
+                v.timestamp.clone(),
+                auth.clone(),
+            ));
+        }
+        for (what, endpoint, body, sig, ts_header, auth) in cases {
+            let r = app
+                .post_raw(&endpoint, body, Some(&sig), Some(&ts_header), Some(&auth))
+                .await;
+            assert_eq!(
+                (r.status, r.error_code()),
+                (401, "signature_invalid"),
+                "{} with a changed {what}",
+                v.name
+            );
+        }
+    }
+    let mut rows_after = 0;
+    for (_, app) in canonical_apps {
+        rows_after += app.total_rows().await;
+    }
+    assert_eq!(
+        rows_after, rows_before,
+        "a refused signature must leave no row"
+    );
+}
