@@ -144,11 +144,8 @@ pub fn default_settings(secret: &str) -> Settings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
-    /// The app's own pool (what the service uses).
-    pub app_pool: PgPool,
     /// A separate pool for assertions.
     pub db: PgPool,
-    pub database_url: String,
     pub secret: String,
     pub clock: Arc<AtomicI64>,
     pub client: reqwest::Client,
@@ -182,7 +179,7 @@ impl TestApp {
         )
         .expect("app pool");
         let clock = Arc::new(AtomicI64::new(REAL_CLOCK));
-        let mut state = AppState::new(app_pool.clone(), settings);
+        let mut state = AppState::new(app_pool, settings);
         let c = clock.clone();
         state.clock = Arc::new(move || match c.load(Ordering::SeqCst) {
             REAL_CLOCK => now(),
@@ -195,9 +192,7 @@ impl TestApp {
         });
         TestApp {
             addr,
-            app_pool,
             db,
-            database_url,
             secret,
             clock,
             client: reqwest::Client::builder()

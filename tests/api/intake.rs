@@ -44,7 +44,17 @@ async fn events_for(app: &TestApp, key: &str) -> Vec<(i32, Option<String>, Strin
 
 /// Expected values read off the sample bodies in tests/fixtures/payloads (Singapay's
 /// documented shapes), not from this code.
-const SINGLE_SAMPLES: &[(&str, &str, &str, &str, Option<&str>, Option<&str>)] = &[
+/// (file, webhook_type, transaction_key, status, response_code, transaction_status_code)
+type Sample = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+const SINGLE_SAMPLES: &[Sample] = &[
     (
         "va-transaction",
         "va-transaction",

@@ -1,4 +1,5 @@
 mod concurrency;
+mod dev;
 mod helpers;
 mod hostile;
 mod intake;

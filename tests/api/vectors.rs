@@ -135,6 +135,8 @@ fn tamper_body(raw: &str) -> Vec<u8> {
     b
 }
 
+type Tampered = (&'static str, String, Vec<u8>, String, String, String);
+
 fn app_for<'a>(apps: &'a [(String, TestApp)], v: &Vector) -> &'a TestApp {
     &apps
         .iter()
@@ -276,7 +278,8 @@ async fn every_vector_is_accepted_over_http_and_every_one_byte_change_is_refused
             )
         });
         let next_ts = (ts + 1).to_string();
-        let cases: Vec<(&str, String, Vec<u8>, String, String, String)> = vec![
+        // (what changed, endpoint, body, X-Signature, X-Timestamp, Authorization)
+        let mut cases: Vec<Tampered> = vec![
             (
                 "body",
                 v.endpoint.clone(),
@@ -318,7 +321,6 @@ async fn every_vector_is_accepted_over_http_and_every_one_byte_change_is_refused
                 auth.clone(),
             ),
         ];
-        let mut cases = cases;
         if let Some(s) = forged_canonical_sig {
             cases.push((
                 "secret/php",

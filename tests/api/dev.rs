@@ -1,0 +1,145 @@
+//! `dev` on a machine where nothing runs: a working receiver, a printed psql line that
+//! shows what arrived, and data that survives a restart.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{now, payload, sign_php};
+use singapay_webhooks::embedded_pg::free_port;
+
+struct Dev {
+    child: Child,
+    secret: String,
+    psql_url: String,
+}
+
+fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_singapay-webhooks"))
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "text")
+        .env_remove("SINGAPAY_WEBHOOK_SECRETS")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run dev");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut secret, mut psql_url) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while secret.is_none() || psql_url.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("dev prints its secret and psql line");
+        if let Some(rest) = line.split("SINGAPAY_WEBHOOK_SECRETS=dev=").nth(1) {
+            secret = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("psql     : psql ") {
+            psql_url = Some(rest.trim().to_owned());
+        }
+    }
+    Dev {
+        child,
+        secret: secret.unwrap(),
+        psql_url: psql_url.unwrap(),
+    }
+}
+
+fn stop_dev(mut dev: Dev) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(dev.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(exit) = dev.child.try_wait().unwrap() {
+            assert!(exit.success(), "dev exits cleanly on SIGTERM: {exit}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-At", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn post_signed(port: u16, secret: &str, body: &str) -> u16 {
+    let ts = now().to_string();
+    let sig = sign_php(secret, "/webhooks/singapay", "dev-token", body, &ts);
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/singapay"))
+        .header("x-signature", sig)
+        .header("x-timestamp", ts)
+        .header("authorization", "Bearer dev-token")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
+    let dir = tempfile::Builder::new()
+        .prefix("singapay-dev-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join(".data");
+    let port = free_port().unwrap();
+
+    let dev = start_dev(&data_dir, port);
+    let status = post_signed(port, &dev.secret, &payload("va-transaction")).await;
+    assert_eq!(status, 200);
+    let rows = psql(
+        &dev.psql_url,
+        "SELECT webhook_type, transaction_key, status FROM singapay.deliveries",
+    );
+    assert_eq!(
+        rows.trim(),
+        "va-transaction|va:3211120260314091205518|succeeded"
+    );
+    let (secret, url) = (dev.secret.clone(), dev.psql_url.clone());
+    stop_dev(dev);
+
+    // Restarted: same secret, same data.
+    let dev = start_dev(&data_dir, port);
+    assert_eq!(
+        (dev.secret.as_str(), dev.psql_url.as_str()),
+        (secret.as_str(), url.as_str())
+    );
+    assert_eq!(
+        post_signed(port, &dev.secret, &payload("disbursement")).await,
+        200
+    );
+    let n = psql(&dev.psql_url, "SELECT count(*) FROM singapay.deliveries");
+    assert_eq!(n.trim(), "2");
+    stop_dev(dev);
+}
