@@ -70,23 +70,25 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// A throwaway cluster shared by the tests of one checkout, started on first use.
+/// The throwaway cluster shared by every test of a run, started on first use. Its home is
+/// `SINGAPAY_TEST_PG_ROOT` (scripts/test makes one and removes it afterwards), else a
+/// directory under the temp dir named after this checkout, reused by later runs.
 fn shared_cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let key = {
-            use sha2::{Digest, Sha256};
-            hex::encode(&Sha256::digest(env!("CARGO_MANIFEST_DIR").as_bytes())[..6])
+        let root = match std::env::var_os("SINGAPAY_TEST_PG_ROOT") {
+            Some(r) => PathBuf::from(r),
+            None => {
+                use sha2::{Digest, Sha256};
+                let key = hex::encode(&Sha256::digest(env!("CARGO_MANIFEST_DIR").as_bytes())[..6]);
+                std::env::temp_dir().join(format!("singapay-webhooks-test-pg-{key}"))
+            }
         };
-        let root = std::env::temp_dir().join(format!("singapay-webhooks-test-pg-{key}"));
         std::fs::create_dir_all(&root).expect("test cluster dir");
-        // Test processes may run in parallel (nextest): one of them initialises and starts.
-        let lock = std::fs::File::create(
-            std::env::temp_dir().join(format!("singapay-webhooks-test-pg-{key}.lock")),
-        )
-        .expect("lock file");
+        // Test processes run in parallel under nextest: one initialises and starts it.
+        let lock = std::fs::File::create(root.join("lock")).expect("lock file");
         lock.lock().expect("lock test cluster");
-        let cluster = Cluster::open(&root, false).expect("open test cluster");
+        let cluster = Cluster::open(&root.join("pg"), false).expect("open test cluster");
         cluster.start().expect("start test cluster");
         lock.unlock().expect("unlock");
         cluster
