@@ -4,4 +4,5 @@ mod helpers;
 mod hostile;
 mod intake;
 mod outage;
+mod queue;
 mod vectors;
