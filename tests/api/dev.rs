@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use crate::helpers::{now, payload, sign_php};
 use singapay_webhooks::embedded_pg::free_port;
 
-struct Dev {
-    child: Child,
-    secret: String,
-    psql_url: String,
+pub struct Dev {
+    pub child: Child,
+    pub secret: String,
+    pub psql_url: String,
 }
 
-fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
+pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
     let mut child = Command::new(env!("CARGO_BIN_EXE_singapay-webhooks"))
         .arg("dev")
         .arg("--data-dir")
@@ -56,7 +56,7 @@ fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
     }
 }
 
-fn stop_dev(mut dev: Dev) {
+pub fn stop_dev(mut dev: Dev) {
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(dev.child.id().to_string())

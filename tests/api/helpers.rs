@@ -376,3 +376,37 @@ pub async fn database_on(cluster: &Cluster, name: &str) -> (String, PgPool) {
     store::MIGRATOR.run(&pool).await.unwrap();
     (url, pool)
 }
+
+/// `transactions` × `versions` events straight into the queue, ids interleaved so that a
+/// transaction's versions sit next to each other (what ordering must hold against).
+pub async fn seed_events(db: &PgPool, transactions: i32, versions: i32) {
+    sqlx::query(
+        "WITH d AS (
+            INSERT INTO singapay.deliveries
+                (content_sha256, webhook_type, outcome, credential, signature_form, signed_at,
+                 request_path, x_signature, access_token, body)
+            VALUES (sha256(random()::text::bytea), 'disbursement', 'batch', 'seed', 'raw', now(),
+                    '/seed', '', '', ''::bytea)
+            RETURNING id)
+         INSERT INTO singapay.transactions (transaction_key, product, status, version, first_delivery_id, last_delivery_id)
+         SELECT 'disbursement:seed-' || g, 'disbursement', 'pending', $2, d.id, d.id
+           FROM generate_series(1, $1) g, d",
+    )
+    .bind(transactions)
+    .bind(versions)
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO singapay.transaction_events (event_id, transaction_key, version, webhook_type, to_status, payload)
+         SELECT gen_random_uuid(), 'disbursement:seed-' || g, v, 'disbursement', 'pending',
+                jsonb_build_object('product', 'disbursement')
+           FROM generate_series(1, $1) g, generate_series(1, $2) v
+          ORDER BY g, v",
+    )
+    .bind(transactions)
+    .bind(versions)
+    .execute(db)
+    .await
+    .unwrap();
+}

@@ -1,5 +1,7 @@
 mod concurrency;
+mod consumer_example;
 mod dev;
+mod docs;
 mod helpers;
 mod hostile;
 mod intake;
