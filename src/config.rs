@@ -4,6 +4,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use ipnet::IpNet;
+
 use secrecy::SecretString;
 
 use crate::singapay::signature::Credential;
@@ -35,11 +37,42 @@ pub enum LogFormat {
     Text,
 }
 
+/// Every environment variable the program reads (`RUST_LOG` through the log filter).
+/// `.env.example` lists exactly these; a test keeps the two in step.
+pub const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_URL_FILE",
+    "SINGAPAY_WEBHOOK_SECRETS",
+    "SINGAPAY_WEBHOOK_SECRETS_FILE",
+    "LISTEN_ADDR",
+    "ADMIN_LISTEN_ADDR",
+    "WEBHOOK_PATH",
+    "SIGNED_PATH_PREFIX",
+    "TIMESTAMP_TOLERANCE_SECS",
+    "MAX_BODY_BYTES",
+    "ALLOWED_SOURCE_CIDRS",
+    "TRUSTED_PROXY_HOPS",
+    "DB_MAX_CONNECTIONS",
+    "LOG_FORMAT",
+    "RUST_LOG",
+    "RETENTION_DAYS",
+    "SHUTDOWN_TIMEOUT_SECS",
+    "PG_BIN_DIR",
+];
+
 /// How the receiver behaves; everything `serve` needs except the database URL.
 #[derive(Clone)]
 pub struct Settings {
     pub credentials: Vec<Credential>,
     pub listen_addr: SocketAddr,
+    /// Separate listener for `/metrics`; `None` serves it on `listen_addr`.
+    pub admin_listen_addr: Option<SocketAddr>,
+    /// Source allowlist for callbacks; `None` allows every source.
+    pub allowed_source_cidrs: Option<Vec<IpNet>>,
+    /// How many proxies in front of us append to X-Forwarded-For (and are trusted to).
+    pub trusted_proxy_hops: usize,
+    /// How long shutdown waits for in-flight callbacks.
+    pub shutdown_timeout_secs: u64,
     pub webhook_path: String,
     pub signed_path_prefix: Option<String>,
     pub timestamp_tolerance_secs: u64,
@@ -60,6 +93,10 @@ impl fmt::Debug for Settings {
                     .collect::<Vec<_>>(),
             )
             .field("listen_addr", &self.listen_addr)
+            .field("admin_listen_addr", &self.admin_listen_addr)
+            .field("allowed_source_cidrs", &self.allowed_source_cidrs)
+            .field("trusted_proxy_hops", &self.trusted_proxy_hops)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .field("webhook_path", &self.webhook_path)
             .field("signed_path_prefix", &self.signed_path_prefix)
             .field("timestamp_tolerance_secs", &self.timestamp_tolerance_secs)
@@ -83,7 +120,11 @@ impl<'a> Env<'a> {
         Env { get }
     }
 
-    fn raw(&self, var: &str) -> Option<String> {
+    fn raw(&self, var: &'static str) -> Option<String> {
+        debug_assert!(
+            VARIABLES.contains(&var),
+            "{var} is missing from config::VARIABLES"
+        );
         (self.get)(var).filter(|v| !v.trim().is_empty())
     }
 
@@ -151,6 +192,20 @@ impl<'a> Env<'a> {
         })
     }
 
+    /// `prune` keeps this many days.
+    pub fn retention_days(&self) -> Result<u32, ConfigError> {
+        Ok(self.ranged("RETENTION_DAYS", 90, 1, 36_500)? as u32)
+    }
+
+    /// Where `dev` and the tests find PostgreSQL's server binaries, when set.
+    pub fn pg_bin_dir(&self) -> Option<String> {
+        self.raw("PG_BIN_DIR")
+    }
+
+    pub fn listen_addr_set(&self) -> bool {
+        self.raw("LISTEN_ADDR").is_some()
+    }
+
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
         match self
             .raw("LOG_FORMAT")
@@ -190,9 +245,29 @@ impl<'a> Env<'a> {
             .raw("SIGNED_PATH_PREFIX")
             .map(|p| parse_path("SIGNED_PATH_PREFIX", &p))
             .transpose()?;
+        let admin_listen_addr = match self.raw("ADMIN_LISTEN_ADDR") {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|_| {
+                bad(
+                    "ADMIN_LISTEN_ADDR",
+                    format!("{:?} is not host:port", v.trim()),
+                )
+            })?),
+        };
+        if admin_listen_addr == Some(listen_addr) {
+            return Err(bad("ADMIN_LISTEN_ADDR", "must differ from LISTEN_ADDR"));
+        }
+        let allowed_source_cidrs = self
+            .raw("ALLOWED_SOURCE_CIDRS")
+            .map(|v| parse_cidrs(&v))
+            .transpose()?;
         Ok(Settings {
             credentials,
             listen_addr,
+            admin_listen_addr,
+            allowed_source_cidrs,
+            trusted_proxy_hops: self.ranged("TRUSTED_PROXY_HOPS", 0, 0, 10)? as usize,
+            shutdown_timeout_secs: self.ranged("SHUTDOWN_TIMEOUT_SECS", 25, 1, 3600)?,
             webhook_path,
             signed_path_prefix,
             timestamp_tolerance_secs: self.ranged(
@@ -207,6 +282,31 @@ impl<'a> Env<'a> {
             log_format: self.log_format()?,
         })
     }
+}
+
+/// `10.0.0.0/8, 203.0.113.7, 2001:db8::/32`: a bare address is a single host.
+fn parse_cidrs(v: &str) -> Result<Vec<IpNet>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in v
+        .split([',', ' ', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let net = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                bad(
+                    "ALLOWED_SOURCE_CIDRS",
+                    format!("{entry:?} is not an IP address or CIDR block"),
+                )
+            })?;
+        out.push(net.trunc());
+    }
+    if out.is_empty() {
+        return Err(bad("ALLOWED_SOURCE_CIDRS", "is set but lists no address"));
+    }
+    Ok(out)
 }
 
 fn parse_path(var: &'static str, p: &str) -> Result<String, ConfigError> {
@@ -317,6 +417,11 @@ mod tests {
             ("WEBHOOK_PATH", "webhooks"),
             ("DB_MAX_CONNECTIONS", "0"),
             ("LOG_FORMAT", "xml"),
+            ("ADMIN_LISTEN_ADDR", "9090"),
+            ("ALLOWED_SOURCE_CIDRS", "10.0.0.0/33"),
+            ("ALLOWED_SOURCE_CIDRS", "example.com"),
+            ("TRUSTED_PROXY_HOPS", "-1"),
+            ("SHUTDOWN_TIMEOUT_SECS", "0"),
         ] {
             let err = settings(&[base[0], (var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{err}");

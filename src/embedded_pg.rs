@@ -25,7 +25,8 @@ pub struct Cluster {
 /// Where `initdb` lives: `PG_BIN_DIR`, then `PATH`, then Debian's `/usr/lib/postgresql/N/bin`
 /// (the newest N).
 pub fn find_bin_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
+    let get = |k: &str| std::env::var(k).ok();
+    if let Some(dir) = crate::config::Env::new(&get).pg_bin_dir() {
         let dir = PathBuf::from(dir);
         if dir.join("initdb").is_file() {
             return Ok(dir);

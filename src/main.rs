@@ -25,7 +25,7 @@ fn main() {
             Command::Dev { data_dir } => {
                 let settings = env.settings(false)?;
                 telemetry::init(settings.log_format);
-                cli::dev(settings, data_dir, get("LISTEN_ADDR").is_some()).await
+                cli::dev(settings, data_dir, env.listen_addr_set()).await
             }
             Command::Migrate => {
                 let url = env.require_database_url()?;

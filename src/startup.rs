@@ -1,23 +1,90 @@
 //! Building and running the server, shared by `serve`, `dev` and the tests.
 
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use sqlx::PgPool;
-use std::future::Future;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Settings;
-use crate::http::{router, AppState};
+use crate::http::{admin_router, router, AppState};
 
-/// Serves until `shutdown` resolves, then lets in-flight callbacks finish.
+/// Serves callbacks on `listener` (and `/metrics` on `admin` when given) until `shutdown`
+/// resolves. Then it stops accepting, lets in-flight callbacks finish — each is either
+/// committed and answered, or rolled back and unanswered — for at most
+/// `SHUTDOWN_TIMEOUT_SECS`, and returns.
 pub async fn run(
     listener: TcpListener,
-    pool: PgPool,
-    settings: Settings,
+    admin: Option<TcpListener>,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(AppState::new(pool, settings));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let grace = Duration::from_secs(state.settings.shutdown_timeout_secs);
+    let (stop, stopped) = watch::channel(false);
+    let when_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let main = tokio::spawn(
+        axum::serve(
+            listener,
+            router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(when_stopped(stopped.clone()))
+        .into_future(),
+    );
+    let admin = admin.map(|l| {
+        tokio::spawn(
+            axum::serve(l, admin_router(state.clone()).into_make_service())
+                .with_graceful_shutdown(when_stopped(stopped.clone()))
+                .into_future(),
+        )
+    });
+    shutdown.await;
+    let _ = stop.send(true);
+    let finished = async {
+        let main = main.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        main
+    };
+    match tokio::time::timeout(grace, finished).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight callbacks did not finish in time; unanswered ones will be retried by Singapay"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Binds the listeners `settings` asks for, naming the variable when one fails.
+pub async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    use anyhow::Context;
+    let main = TcpListener::bind(settings.listen_addr)
         .await
+        .with_context(|| format!("LISTEN_ADDR: cannot bind {}", settings.listen_addr))?;
+    let admin = match settings.admin_listen_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("ADMIN_LISTEN_ADDR: cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok((main, admin))
+}
+
+/// The state `serve` and `dev` run with: system clock, Prometheus recorder installed.
+pub fn production_state(pool: PgPool, settings: Settings) -> AppState {
+    let mut state = AppState::new(pool, settings);
+    state.metrics = Some(crate::telemetry::metrics());
+    state
 }
 
 /// Resolves on SIGTERM or SIGINT.

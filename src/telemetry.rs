@@ -31,3 +31,87 @@ pub fn init_for_tests() {
         .with_test_writer()
         .try_init();
 }
+
+/// Prometheus series (documented in docs/operations.md).
+pub mod metric {
+    pub const DELIVERIES: &str = "singapay_deliveries_total";
+    pub const DUPLICATES: &str = "singapay_duplicates_total";
+    pub const REJECTIONS: &str = "singapay_rejections_total";
+    pub const TEST_PINGS: &str = "singapay_test_pings_total";
+    pub const CALLBACK_DURATION: &str = "singapay_callback_duration_seconds";
+    pub const STORAGE_DURATION: &str = "singapay_storage_duration_seconds";
+    pub const QUEUE_EVENTS: &str = "singapay_queue_events";
+    pub const QUEUE_DUE: &str = "singapay_queue_due_events";
+    pub const QUEUE_OLDEST_DUE_AGE: &str = "singapay_queue_oldest_due_age_seconds";
+    pub const DB_POOL_CONNECTIONS: &str = "singapay_db_pool_connections";
+    pub const DB_POOL_MAX: &str = "singapay_db_pool_max_connections";
+}
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use std::sync::OnceLock;
+
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &buckets)
+                .expect("buckets are non-empty")
+                .install_recorder()
+                .expect("the Prometheus recorder is installed once");
+            describe_counter!(
+                metric::DELIVERIES,
+                "Distinct deliveries stored, by webhook_type, outcome and signature_form."
+            );
+            describe_counter!(
+                metric::DUPLICATES,
+                "Retries of stored deliveries, acknowledged without a new row, by webhook_type."
+            );
+            describe_counter!(
+                metric::REJECTIONS,
+                "Callbacks answered with an error, by error code."
+            );
+            describe_counter!(
+                metric::TEST_PINGS,
+                "Dashboard Test-button pings acknowledged (nothing stored)."
+            );
+            describe_histogram!(
+                metric::CALLBACK_DURATION,
+                Unit::Seconds,
+                "End-to-end handling of a callback, by result."
+            );
+            describe_histogram!(
+                metric::STORAGE_DURATION,
+                Unit::Seconds,
+                "The database transaction that stores one delivery."
+            );
+            describe_gauge!(
+                metric::QUEUE_EVENTS,
+                "Queue rows by state (available, running, done, dead), read at scrape time."
+            );
+            describe_gauge!(
+                metric::QUEUE_DUE,
+                "Available queue rows whose available_at has passed."
+            );
+            describe_gauge!(
+                metric::QUEUE_OLDEST_DUE_AGE,
+                Unit::Seconds,
+                "Age of the oldest due queue row (0 when none)."
+            );
+            describe_gauge!(
+                metric::DB_POOL_CONNECTIONS,
+                "Database pool connections by state (idle, in_use)."
+            );
+            describe_gauge!(
+                metric::DB_POOL_MAX,
+                "Configured maximum of the database pool (DB_MAX_CONNECTIONS)."
+            );
+            handle
+        })
+        .clone()
+}

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::embedded_pg::{self, Cluster};
@@ -76,14 +75,9 @@ async fn run(
     if !listen_addr_set {
         settings.listen_addr = "127.0.0.1:8080".parse().expect("valid address");
     }
-    let listener = TcpListener::bind(settings.listen_addr)
+    let (listener, admin) = startup::bind(settings)
         .await
-        .with_context(|| {
-            format!(
-                "LISTEN_ADDR: cannot bind {} (set LISTEN_ADDR to another port)",
-                settings.listen_addr
-            )
-        })?;
+        .context("set LISTEN_ADDR to another port")?;
     let addr = listener.local_addr()?;
     let secret_line = if generated {
         format!(
@@ -105,13 +99,8 @@ async fn run(
         data = cluster.root.display(),
         port = cluster.port,
     );
-    startup::run(
-        listener,
-        pool.clone(),
-        settings.clone(),
-        startup::shutdown_signal(),
-    )
-    .await?;
+    let state = startup::production_state(pool.clone(), settings.clone());
+    startup::run(listener, admin, state, startup::shutdown_signal()).await?;
     pool.close().await;
     Ok(())
 }

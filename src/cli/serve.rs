@@ -1,6 +1,5 @@
 use anyhow::{Context, Result};
 use secrecy::SecretString;
-use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::{startup, store};
@@ -13,16 +12,17 @@ pub async fn serve(settings: Settings, database_url: &SecretString, migrate: boo
             .await
             .context("applying migrations")?;
     }
-    let listener = TcpListener::bind(settings.listen_addr)
-        .await
-        .with_context(|| format!("LISTEN_ADDR: cannot bind {}", settings.listen_addr))?;
+    let (listener, admin) = startup::bind(&settings).await?;
     tracing::info!(
         listen_addr = %settings.listen_addr,
+        admin_listen_addr = ?settings.admin_listen_addr,
         webhook_path = %settings.webhook_path,
         credentials = ?settings.credentials.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(),
+        source_allowlist = settings.allowed_source_cidrs.is_some(),
         "receiver listening"
     );
-    startup::run(listener, pool.clone(), settings, startup::shutdown_signal()).await?;
+    let state = startup::production_state(pool.clone(), settings);
+    startup::run(listener, admin, state, startup::shutdown_signal()).await?;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -21,6 +21,8 @@ pub enum ApiError {
     SignatureInvalid,
     #[error("valid signature, timestamp outside tolerance, content not stored before")]
     StaleTimestamp,
+    #[error("source address not allowed")]
+    IpNotAllowed,
     #[error("signed body is not usable: {0}")]
     InvalidBody(String),
     #[error("body larger than {0} bytes")]
@@ -52,6 +54,7 @@ impl ApiError {
             | ApiError::InvalidTimestamp
             | ApiError::SignatureInvalid
             | ApiError::StaleTimestamp => StatusCode::UNAUTHORIZED,
+            ApiError::IpNotAllowed => StatusCode::FORBIDDEN,
             ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::InvalidTimestamp => "invalid_timestamp",
             ApiError::SignatureInvalid => "signature_invalid",
             ApiError::StaleTimestamp => "stale_timestamp",
+            ApiError::IpNotAllowed => "ip_not_allowed",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::NotFound => "not_found",
@@ -92,6 +96,7 @@ impl ApiError {
             ApiError::InvalidTimestamp => "Invalid X-Timestamp header.".into(),
             ApiError::SignatureInvalid => "Invalid webhook signature.".into(),
             ApiError::StaleTimestamp => "Webhook timestamp outside the accepted window.".into(),
+            ApiError::IpNotAllowed => "Source address not allowed.".into(),
             ApiError::InvalidBody(_) => {
                 "Webhook body must be a JSON object nested at most 64 deep.".into()
             }

@@ -2,6 +2,8 @@
 
 mod error;
 mod health;
+mod metrics;
+pub mod source;
 mod webhook;
 
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use axum::http::{HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -31,6 +34,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub clock: Clock,
+    /// The Prometheus recorder's handle, when this process records metrics.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
@@ -39,14 +44,28 @@ impl AppState {
             pool,
             settings: Arc::new(settings),
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
+            metrics: None,
         }
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// `/metrics` (with health and readiness) on its own listener, for `ADMIN_LISTEN_ADDR`.
+pub fn admin_router(state: AppState) -> Router {
     Router::new()
+        .route("/metrics", get(metrics::render))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .with_state(state)
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new()
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready));
+    if state.settings.admin_listen_addr.is_none() {
+        r = r.route("/metrics", get(metrics::render));
+    }
+    r
         // Callbacks are matched by hand so that no trailing-slash rule can ever redirect,
         // and every sub-path under WEBHOOK_PATH is accepted.
         .fallback(dispatch)

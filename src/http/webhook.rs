@@ -1,26 +1,75 @@
 //! `POST {WEBHOOK_PATH}`: read (capped), verify, classify, store, and answer only after
 //! the commit.
 
+use std::net::SocketAddr;
+use std::time::Instant;
+
 use axum::body::Body as HttpBody;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use metrics::{counter, histogram};
 use serde_json::json;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
-use super::{ApiError, AppState, REQUEST_ID};
+use super::{source, ApiError, AppState, REQUEST_ID};
 use crate::singapay::json::to_jsonb_text;
 use crate::singapay::signature::{self, SignedHeaders};
 use crate::singapay::webhook::{self, column_text, Subject};
 use crate::singapay::Body;
 use crate::store::{self, Delivery, Rejection, StoreError};
+use crate::telemetry::metric;
+
+/// What a callback was answered with, for the metrics.
+enum Answer {
+    Stored { delivery_id: i64, duplicate: bool },
+    TestPing,
+}
 
 pub async fn receive(state: AppState, req: Request) -> Response {
-    match handle(state, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+    let started = Instant::now();
+    // One span per callback; its fields are filled in as they become known and appear on
+    // every log line the callback produces. Never a secret, signature or token.
+    let span = tracing::info_span!(
+        "callback",
+        webhook_type = Empty,
+        transaction_key = Empty,
+        outcome = Empty,
+        duplicate = Empty,
+        signature_form = Empty,
+        credential = Empty,
+        delivery_id = Empty,
+    );
+    let result = handle(state, req).instrument(span).await;
+    let (label, response) = match result {
+        Ok(Answer::Stored {
+            delivery_id,
+            duplicate,
+        }) => (
+            if duplicate { "duplicate" } else { "stored" },
+            Json(
+                json!({ "status": "success", "delivery_id": delivery_id, "duplicate": duplicate }),
+            )
+            .into_response(),
+        ),
+        Ok(Answer::TestPing) => {
+            counter!(metric::TEST_PINGS).increment(1);
+            (
+                "test",
+                Json(json!({ "status": "success", "test": true })).into_response(),
+            )
+        }
+        Err(e) => {
+            counter!(metric::REJECTIONS, "code" => e.code()).increment(1);
+            ("rejected", e.into_response())
+        }
+    };
+    histogram!(metric::CALLBACK_DURATION, "result" => label)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn read_body(body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
@@ -57,10 +106,21 @@ fn lossy(b: Option<&[u8]>) -> Option<String> {
     b.map(|b| column_text(&String::from_utf8_lossy(b)))
 }
 
-async fn handle(state: AppState, req: Request) -> Result<Response, ApiError> {
+async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
     let settings = state.settings.clone();
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
+    if let Some(allowlist) = &settings.allowed_source_cidrs {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let client = peer.and_then(|p| source::client_ip(p, &headers, settings.trusted_proxy_hops));
+        if !client.is_some_and(|ip| source::allowed(allowlist, ip)) {
+            tracing::warn!(peer = ?peer, client = ?client, "callback from a source outside ALLOWED_SOURCE_CIDRS refused");
+            return Err(ApiError::IpNotAllowed);
+        }
+    }
     let request_id = headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -91,7 +151,7 @@ async fn handle(state: AppState, req: Request) -> Result<Response, ApiError> {
         signed.signature.is_none() && signed.timestamp.is_none() && signed.authorization.is_none();
     if unsigned && analysed.object().is_some_and(webhook::is_dashboard_test) {
         tracing::info!(path = %parts.uri.path(), "dashboard test ping acknowledged, nothing stored");
-        return Ok(Json(json!({ "status": "success", "test": true })).into_response());
+        return Ok(Answer::TestPing);
     }
 
     let now = (state.clock)();
@@ -116,7 +176,16 @@ async fn handle(state: AppState, req: Request) -> Result<Response, ApiError> {
         tracing::warn!(reason = %why, credential = %verified.credential, "authentic delivery with unusable body");
         return Err(ApiError::InvalidBody(why));
     };
+    let span = Span::current();
+    span.record("signature_form", verified.form.as_str());
+    span.record("credential", verified.credential.as_str());
     let content_sha256 = analysed.content_sha256(&raw);
+    let classification = webhook::classify(object);
+    let webhook_type = classification.webhook_type.as_str();
+    span.record("webhook_type", webhook_type);
+    if let Some(key) = classification.single().map(|c| c.transaction_key.as_str()) {
+        span.record("transaction_key", key);
+    }
     let signed_at = i64::try_from(verified.timestamp)
         .ok()
         .and_then(|t| DateTime::from_timestamp(t, 0));
@@ -129,6 +198,7 @@ async fn handle(state: AppState, req: Request) -> Result<Response, ApiError> {
     if !verified.fresh {
         return stale(
             &state,
+            webhook_type,
             content_sha256,
             &verified,
             signed_at,
@@ -150,7 +220,6 @@ async fn handle(state: AppState, req: Request) -> Result<Response, ApiError> {
         .await;
     }
 
-    let classification = webhook::classify(object);
     let delivery = Delivery {
         content_sha256,
         payload: Some(to_jsonb_text(object)),
@@ -171,7 +240,9 @@ async fn handle(state: AppState, req: Request) -> Result<Response, ApiError> {
     // committed or rolled back, never cut off half-way.
     let pool = state.pool.clone();
     let stored = tokio::spawn(async move {
+        let started = Instant::now();
         let result = store::record(&pool, &delivery).await;
+        histogram!(metric::STORAGE_DURATION).record(started.elapsed().as_secs_f64());
         (result, delivery)
     })
     .await;
@@ -187,31 +258,28 @@ async fn handle(state: AppState, req: Request) -> Result<Response, ApiError> {
     };
     match result {
         Ok(s) => {
-            tracing::info!(
-                webhook_type = c.webhook_type.as_str(),
-                transaction_key = key.unwrap_or_default(),
-                items,
-                outcome = %s.outcome,
-                duplicate = s.duplicate,
-                delivery_id = s.delivery_id,
-                signature_form = verified.form.as_str(),
-                credential = %verified.credential,
-                needs_inquiry = c.needs_inquiry,
-                "delivery stored"
-            );
+            span.record("outcome", s.outcome.as_str());
+            span.record("duplicate", s.duplicate);
+            span.record("delivery_id", s.delivery_id);
+            if s.duplicate {
+                counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
+            } else {
+                counter!(metric::DELIVERIES, "webhook_type" => webhook_type, "outcome" => s.outcome.clone(),
+                    "signature_form" => verified.form.as_str())
+                .increment(1);
+            }
+            tracing::info!(items, needs_inquiry = c.needs_inquiry, "delivery stored");
             if s.outcome == "conflict" && !s.duplicate {
-                tracing::warn!(transaction_key = key.unwrap_or_default(), status = ?c.single().and_then(|s| s.status.as_deref()),
+                tracing::warn!(status = ?c.single().and_then(|s| s.status.as_deref()),
                     "terminal status contradicts the stored terminal status; stored, not applied");
             }
-            Ok(success(s.delivery_id, s.duplicate))
+            Ok(Answer::Stored {
+                delivery_id: s.delivery_id,
+                duplicate: s.duplicate,
+            })
         }
         Err(e) => Err(storage_error(e)),
     }
-}
-
-fn success(delivery_id: i64, duplicate: bool) -> Response {
-    Json(json!({ "status": "success", "delivery_id": delivery_id, "duplicate": duplicate }))
-        .into_response()
 }
 
 fn storage_error(e: StoreError) -> ApiError {
@@ -231,17 +299,25 @@ fn storage_error(e: StoreError) -> ApiError {
 /// content is refused and kept for an operator to `replay`.
 async fn stale(
     state: &AppState,
+    webhook_type: &'static str,
     content_sha256: [u8; 32],
     verified: &signature::Verified,
     signed_at: Option<DateTime<Utc>>,
     rejection: Rejection,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     if let Some(id) = store::touch_known(&state.pool, &content_sha256)
         .await
         .map_err(storage_error)?
     {
-        tracing::info!(delivery_id = id, credential = %verified.credential, "stale retry of a stored delivery");
-        return Ok(success(id, true));
+        Span::current()
+            .record("duplicate", true)
+            .record("delivery_id", id);
+        counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
+        tracing::info!("stale retry of a stored delivery acknowledged");
+        return Ok(Answer::Stored {
+            delivery_id: id,
+            duplicate: true,
+        });
     }
     let id = store::record_rejection(&state.pool, &rejection)
         .await
@@ -250,7 +326,6 @@ async fn stale(
         rejected_delivery_id = id,
         x_timestamp = verified.timestamp,
         signed_at = ?signed_at,
-        credential = %verified.credential,
         "authentic delivery refused: timestamp outside tolerance"
     );
     Err(ApiError::StaleTimestamp)

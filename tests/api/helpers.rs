@@ -135,6 +135,10 @@ pub fn default_settings(secret: &str) -> Settings {
     Settings {
         credentials: vec![credential("primary", secret)],
         listen_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_listen_addr: None,
+        allowed_source_cidrs: None,
+        trusted_proxy_hops: 0,
+        shutdown_timeout_secs: 25,
         webhook_path: "/webhooks/singapay".into(),
         signed_path_prefix: None,
         timestamp_tolerance_secs: 300,
@@ -190,7 +194,12 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            axum::serve(listener, router(state)).await.unwrap();
+            axum::serve(
+                listener,
+                router(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
         });
         TestApp {
             addr,

@@ -1,0 +1,52 @@
+//! `GET /metrics`: Prometheus text. Counters and histograms are recorded as callbacks are
+//! handled; queue depth and pool usage are read at scrape time.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use metrics::gauge;
+
+use super::AppState;
+use crate::telemetry::metric;
+
+pub async fn render(State(state): State<AppState>) -> Response {
+    let Some(handle) = state.metrics.as_ref() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled in this process\n",
+        )
+            .into_response();
+    };
+    let pool = &state.pool;
+    let idle = pool.num_idle() as f64;
+    gauge!(metric::DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+    gauge!(metric::DB_POOL_CONNECTIONS, "state" => "in_use").set(f64::from(pool.size()) - idle);
+    gauge!(metric::DB_POOL_MAX).set(f64::from(state.settings.db_max_connections));
+
+    let query = sqlx::query_as::<_, (String, i64, i64, f64)>(
+        "SELECT state, events, due, COALESCE(extract(epoch FROM oldest_due_age), 0)::float8
+           FROM singapay.queue_health",
+    )
+    .fetch_all(pool);
+    // A scrape must not hang on an unreachable database; the series keep their last values.
+    match tokio::time::timeout(Duration::from_secs(2), query).await {
+        Ok(Ok(rows)) => {
+            for (queue_state, events, due, oldest) in rows {
+                if queue_state == "available" {
+                    gauge!(metric::QUEUE_DUE).set(due as f64);
+                    gauge!(metric::QUEUE_OLDEST_DUE_AGE).set(oldest);
+                }
+                gauge!(metric::QUEUE_EVENTS, "state" => queue_state).set(events as f64);
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not available for /metrics"),
+        Err(_) => tracing::debug!("queue depth query timed out for /metrics"),
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
