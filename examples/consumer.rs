@@ -25,10 +25,7 @@ use singapay_webhooks::queue::{self, ClaimedEvent, Waiter};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
     match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}: {v:?} is not valid")),
+        Ok(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name}: {v:?} is not valid")),
         Err(_) => Ok(default),
     }
 }
@@ -54,11 +51,7 @@ async fn handle(pool: &PgPool, ev: &ClaimedEvent, delay: Duration) -> Result<()>
     tx.commit().await?;
     println!(
         "{} {} v{} {} -> {} ({})",
-        if first_time {
-            "handled"
-        } else {
-            "already-handled"
-        },
+        if first_time { "handled" } else { "already-handled" },
         ev.transaction_key,
         ev.version,
         ev.from_status.as_deref().unwrap_or("-"),
@@ -71,22 +64,15 @@ async fn handle(pool: &PgPool, ev: &ClaimedEvent, delay: Duration) -> Result<()>
 #[tokio::main]
 async fn main() -> Result<()> {
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL is required")?;
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
-    let name =
-        std::env::var("CONSUMER_NAME").unwrap_or_else(|_| format!("{host}-{}", std::process::id()));
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
+    let name = std::env::var("CONSUMER_NAME").unwrap_or_else(|_| format!("{host}-{}", std::process::id()));
     let batch: i32 = env_or("BATCH", 50)?;
     let lease = Duration::from_secs(env_or("LEASE_SECS", 30)?);
     let poll = Duration::from_secs(env_or("POLL_SECS", 10)?);
     let listen = env_or::<u8>("LISTEN", 1)? == 1;
     let delay = Duration::from_millis(env_or("HANDLE_DELAY_MS", 0)?);
 
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .context("connecting to DATABASE_URL")?;
+    let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.context("connecting to DATABASE_URL")?;
     sqlx::raw_sql(
         "CREATE SCHEMA IF NOT EXISTS consumer_example;
          CREATE TABLE IF NOT EXISTS consumer_example.handled (
@@ -105,8 +91,7 @@ async fn main() -> Result<()> {
         let (stopping, wake) = (stopping.clone(), wake.clone());
         tokio::spawn(async move {
             let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
             stopping.store(true, Ordering::SeqCst);
             wake.notify_one();
@@ -118,14 +103,7 @@ async fn main() -> Result<()> {
             if stopping.load(Ordering::SeqCst) {
                 // Hand back what we claimed but did not start, instead of waiting out the lease.
                 for ev in &events[i..] {
-                    queue::nack(
-                        &pool,
-                        ev.id,
-                        &name,
-                        "consumer shutting down",
-                        Duration::ZERO,
-                    )
-                    .await?;
+                    queue::nack(&pool, ev.id, &name, "consumer shutting down", Duration::ZERO).await?;
                 }
                 break;
             }
@@ -138,14 +116,7 @@ async fn main() -> Result<()> {
                     }
                 }
                 Err(e) => {
-                    queue::nack(
-                        &pool,
-                        ev.id,
-                        &name,
-                        &format!("{e:#}"),
-                        Duration::from_secs(5),
-                    )
-                    .await?;
+                    queue::nack(&pool, ev.id, &name, &format!("{e:#}"), Duration::from_secs(5)).await?;
                 }
             }
         }

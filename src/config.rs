@@ -25,10 +25,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn bad(var: &'static str, why: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        why: why.into(),
-    }
+    ConfigError { var, why: why.into() }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +81,7 @@ pub struct Settings {
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
-            .field(
-                "credentials",
-                &self
-                    .credentials
-                    .iter()
-                    .map(|c| &c.label)
-                    .collect::<Vec<_>>(),
-            )
+            .field("credentials", &self.credentials.iter().map(|c| &c.label).collect::<Vec<_>>())
             .field("listen_addr", &self.listen_addr)
             .field("admin_listen_addr", &self.admin_listen_addr)
             .field("allowed_source_cidrs", &self.allowed_source_cidrs)
@@ -121,24 +111,14 @@ impl<'a> Env<'a> {
     }
 
     fn raw(&self, var: &'static str) -> Option<String> {
-        debug_assert!(
-            VARIABLES.contains(&var),
-            "{var} is missing from config::VARIABLES"
-        );
+        debug_assert!(VARIABLES.contains(&var), "{var} is missing from config::VARIABLES");
         (self.get)(var).filter(|v| !v.trim().is_empty())
     }
 
     /// A secret-bearing variable, from `VAR` or from the file named by `VAR_FILE`.
-    pub fn secret(
-        &self,
-        var: &'static str,
-        file_var: &'static str,
-    ) -> Result<Option<String>, ConfigError> {
+    pub fn secret(&self, var: &'static str, file_var: &'static str) -> Result<Option<String>, ConfigError> {
         match (self.raw(var), self.raw(file_var)) {
-            (Some(_), Some(_)) => Err(bad(
-                var,
-                format!("set either {var} or {file_var}, not both"),
-            )),
+            (Some(_), Some(_)) => Err(bad(var, format!("set either {var} or {file_var}, not both"))),
             (Some(v), None) => Ok(Some(v)),
             (None, Some(path)) => std::fs::read_to_string(path.trim())
                 .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
@@ -147,28 +127,14 @@ impl<'a> Env<'a> {
         }
     }
 
-    fn parsed<T: std::str::FromStr>(
-        &self,
-        var: &'static str,
-        default: T,
-        what: &str,
-    ) -> Result<T, ConfigError> {
+    fn parsed<T: std::str::FromStr>(&self, var: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
         match self.raw(var) {
             None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| bad(var, format!("{:?} is not {what}", v.trim()))),
+            Some(v) => v.trim().parse().map_err(|_| bad(var, format!("{:?} is not {what}", v.trim()))),
         }
     }
 
-    fn ranged(
-        &self,
-        var: &'static str,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> Result<u64, ConfigError> {
+    fn ranged(&self, var: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
         let v: u64 = self.parsed(var, default, "a whole number")?;
         if (min..=max).contains(&v) {
             Ok(v)
@@ -178,18 +144,23 @@ impl<'a> Env<'a> {
     }
 
     pub fn database_url(&self) -> Result<Option<SecretString>, ConfigError> {
-        Ok(self
-            .secret("DATABASE_URL", "DATABASE_URL_FILE")?
-            .map(SecretString::from))
+        let Some(url) = self.secret("DATABASE_URL", "DATABASE_URL_FILE")? else {
+            return Ok(None);
+        };
+        // sqlx accepts any scheme; a mysql:// or typo'd URL must fail here, by name. The
+        // message never repeats the URL: it may hold a password.
+        let lower = url.trim().to_ascii_lowercase();
+        if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+            return Err(bad("DATABASE_URL", "must be a postgres:// or postgresql:// URL"));
+        }
+        url.trim().parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| {
+            bad("DATABASE_URL", format!("is not a valid Postgres URL ({})", e.to_string().replace(url.trim(), "…")))
+        })?;
+        Ok(Some(SecretString::from(url.trim().to_owned())))
     }
 
     pub fn require_database_url(&self) -> Result<SecretString, ConfigError> {
-        self.database_url()?.ok_or_else(|| {
-            bad(
-                "DATABASE_URL",
-                "is required (a postgres:// connection string)",
-            )
-        })
+        self.database_url()?.ok_or_else(|| bad("DATABASE_URL", "is required (a postgres:// connection string)"))
     }
 
     /// `prune` keeps this many days.
@@ -202,16 +173,17 @@ impl<'a> Env<'a> {
         self.raw("PG_BIN_DIR")
     }
 
+    /// The log filter (`RUST_LOG`), validated.
+    pub fn log_filter(&self) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
+        crate::telemetry::filter(self.raw("RUST_LOG").as_deref())
+    }
+
     pub fn listen_addr_set(&self) -> bool {
         self.raw("LISTEN_ADDR").is_some()
     }
 
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
-        match self
-            .raw("LOG_FORMAT")
-            .map(|v| v.trim().to_ascii_lowercase())
-            .as_deref()
-        {
+        match self.raw("LOG_FORMAT").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
             None | Some("json") => Ok(LogFormat::Json),
             Some("text") => Ok(LogFormat::Text),
             Some(other) => Err(bad("LOG_FORMAT", format!("{other:?} is not json or text"))),
@@ -230,37 +202,22 @@ impl<'a> Env<'a> {
             }
             None => Vec::new(),
         };
-        let listen_addr = self.parsed(
-            "LISTEN_ADDR",
-            DEFAULT_LISTEN_ADDR.parse().expect("valid default"),
-            "host:port",
-        )?;
-        let webhook_path = parse_path(
-            "WEBHOOK_PATH",
-            self.raw("WEBHOOK_PATH")
-                .as_deref()
-                .unwrap_or(DEFAULT_WEBHOOK_PATH),
-        )?;
-        let signed_path_prefix = self
-            .raw("SIGNED_PATH_PREFIX")
-            .map(|p| parse_path("SIGNED_PATH_PREFIX", &p))
-            .transpose()?;
+        let listen_addr =
+            self.parsed("LISTEN_ADDR", DEFAULT_LISTEN_ADDR.parse().expect("valid default"), "host:port")?;
+        let webhook_path =
+            parse_path("WEBHOOK_PATH", self.raw("WEBHOOK_PATH").as_deref().unwrap_or(DEFAULT_WEBHOOK_PATH))?;
+        let signed_path_prefix =
+            self.raw("SIGNED_PATH_PREFIX").map(|p| parse_path("SIGNED_PATH_PREFIX", &p)).transpose()?;
         let admin_listen_addr = match self.raw("ADMIN_LISTEN_ADDR") {
             None => None,
-            Some(v) => Some(v.trim().parse().map_err(|_| {
-                bad(
-                    "ADMIN_LISTEN_ADDR",
-                    format!("{:?} is not host:port", v.trim()),
-                )
-            })?),
+            Some(v) => Some(
+                v.trim().parse().map_err(|_| bad("ADMIN_LISTEN_ADDR", format!("{:?} is not host:port", v.trim())))?,
+            ),
         };
         if admin_listen_addr == Some(listen_addr) {
             return Err(bad("ADMIN_LISTEN_ADDR", "must differ from LISTEN_ADDR"));
         }
-        let allowed_source_cidrs = self
-            .raw("ALLOWED_SOURCE_CIDRS")
-            .map(|v| parse_cidrs(&v))
-            .transpose()?;
+        let allowed_source_cidrs = self.raw("ALLOWED_SOURCE_CIDRS").map(|v| parse_cidrs(&v)).transpose()?;
         Ok(Settings {
             credentials,
             listen_addr,
@@ -270,14 +227,8 @@ impl<'a> Env<'a> {
             shutdown_timeout_secs: self.ranged("SHUTDOWN_TIMEOUT_SECS", 25, 1, 3600)?,
             webhook_path,
             signed_path_prefix,
-            timestamp_tolerance_secs: self.ranged(
-                "TIMESTAMP_TOLERANCE_SECS",
-                300,
-                1,
-                7 * 24 * 3600,
-            )?,
-            max_body_bytes: self.ranged("MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1024 * 1024)?
-                as usize,
+            timestamp_tolerance_secs: self.ranged("TIMESTAMP_TOLERANCE_SECS", 300, 1, 7 * 24 * 3600)?,
+            max_body_bytes: self.ranged("MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1024 * 1024)? as usize,
             db_max_connections: self.ranged("DB_MAX_CONNECTIONS", 16, 1, 1000)? as u32,
             log_format: self.log_format()?,
         })
@@ -287,20 +238,11 @@ impl<'a> Env<'a> {
 /// `10.0.0.0/8, 203.0.113.7, 2001:db8::/32`: a bare address is a single host.
 fn parse_cidrs(v: &str) -> Result<Vec<IpNet>, ConfigError> {
     let mut out = Vec::new();
-    for entry in v
-        .split([',', ' ', '\n'])
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
+    for entry in v.split([',', ' ', '\n']).map(str::trim).filter(|e| !e.is_empty()) {
         let net = entry
             .parse::<IpNet>()
             .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                bad(
-                    "ALLOWED_SOURCE_CIDRS",
-                    format!("{entry:?} is not an IP address or CIDR block"),
-                )
-            })?;
+            .map_err(|_| bad("ALLOWED_SOURCE_CIDRS", format!("{entry:?} is not an IP address or CIDR block")))?;
         out.push(net.trunc());
     }
     if out.is_empty() {
@@ -312,10 +254,7 @@ fn parse_cidrs(v: &str) -> Result<Vec<IpNet>, ConfigError> {
 fn parse_path(var: &'static str, p: &str) -> Result<String, ConfigError> {
     let p = p.trim();
     if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
-        return Err(bad(
-            var,
-            format!("{p:?} must be a path starting with '/' (no query)"),
-        ));
+        return Err(bad(var, format!("{p:?} must be a path starting with '/' (no query)")));
     }
     let trimmed = p.trim_end_matches('/');
     if trimmed.is_empty() {
@@ -328,11 +267,7 @@ fn parse_path(var: &'static str, p: &str) -> Result<String, ConfigError> {
 /// own. Base64 padding (`abc==`) is a bare secret, not the label `abc`.
 pub fn parse_credentials(v: &str) -> Result<Vec<Credential>, ConfigError> {
     const VAR: &str = "SINGAPAY_WEBHOOK_SECRETS";
-    let entries: Vec<&str> = v
-        .split([',', '\n'])
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
+    let entries: Vec<&str> = v.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty()).collect();
     if entries.is_empty() {
         return Err(bad(VAR, "has no secrets"));
     }
@@ -344,21 +279,14 @@ pub fn parse_credentials(v: &str) -> Result<Vec<Credential>, ConfigError> {
             Some((l, s)) => (l.to_owned(), s),
             None => {
                 bare_seen += 1;
-                let label = if bare_count == 1 {
-                    "default".to_owned()
-                } else {
-                    format!("secret-{bare_seen}")
-                };
+                let label = if bare_count == 1 { "default".to_owned() } else { format!("secret-{bare_seen}") };
                 (label, entry)
             }
         };
         if out.iter().any(|c| c.label == label) {
             return Err(bad(VAR, format!("label {label:?} appears twice")));
         }
-        out.push(Credential {
-            label,
-            secret: SecretString::from(secret.to_owned()),
-        });
+        out.push(Credential { label, secret: SecretString::from(secret.to_owned()) });
     }
     Ok(out)
 }
@@ -367,9 +295,7 @@ fn split_label(entry: &str) -> Option<(&str, &str)> {
     let (label, secret) = entry.split_once('=')?;
     let label_ok = !label.is_empty()
         && label.len() <= 64
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     let secret_ok = !secret.is_empty() && !secret.bytes().all(|b| b == b'=');
     (label_ok && secret_ok).then_some((label, secret))
 }
@@ -381,10 +307,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let get = move |k: &str| map.get(k).cloned();
         Env::new(&get).settings(true)
     }
@@ -396,10 +319,7 @@ mod tests {
         assert_eq!(c[1].label, "specific");
         assert_eq!(c[1].secret.expose_secret(), "d=ef");
         let c = parse_credentials("s3cr3t/with+symbols==").unwrap();
-        assert_eq!(
-            (c[0].label.as_str(), c[0].secret.expose_secret()),
-            ("default", "s3cr3t/with+symbols==")
-        );
+        assert_eq!((c[0].label.as_str(), c[0].secret.expose_secret()), ("default", "s3cr3t/with+symbols=="));
         let c = parse_credentials("abc==\nxyz").unwrap();
         assert_eq!(c[0].label, "secret-1");
         assert_eq!(c[0].secret.expose_secret(), "abc==");

@@ -101,10 +101,7 @@ impl Cluster {
         let run_as = unprivileged_user()?;
         fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let root = fs::canonicalize(root)?;
-        let port = match fs::read_to_string(root.join("port"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-        {
+        let port = match fs::read_to_string(root.join("port")).ok().and_then(|p| p.trim().parse().ok()) {
             Some(p) => p,
             None => {
                 let p = free_port()?;
@@ -112,13 +109,7 @@ impl Cluster {
                 p
             }
         };
-        let cluster = Cluster {
-            bin_dir,
-            root,
-            port,
-            run_as,
-            durable,
-        };
+        let cluster = Cluster { bin_dir, root, port, run_as, durable };
         if let Some((uid, _)) = run_as {
             cluster.check_reachable(uid)?;
         }
@@ -166,8 +157,7 @@ impl Cluster {
 
     fn give_to_server(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid)) = self.run_as {
-            chown(path, Some(uid), Some(gid))
-                .with_context(|| format!("chown {}", path.display()))?;
+            chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
         }
         Ok(())
     }
@@ -187,14 +177,7 @@ impl Cluster {
         fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755))?;
         self.give_to_server(&data)?;
         let mut cmd = self.command("initdb");
-        cmd.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-locale",
-        ]);
+        cmd.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"]);
         if !self.durable {
             cmd.arg("--no-sync");
         }
@@ -219,10 +202,7 @@ impl Cluster {
             fs::write(&log, b"")?;
         }
         self.give_to_server(&log)?;
-        let mut opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories=''",
-            self.port
-        );
+        let mut opts = format!("-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories=''", self.port);
         if !self.durable {
             opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
@@ -255,11 +235,7 @@ impl Cluster {
             return Ok(());
         }
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop")
-            .arg("-w")
-            .args(["-m", "fast", "-t", "60"])
-            .arg("-D")
-            .arg(self.data_dir());
+        cmd.arg("stop").arg("-w").args(["-m", "fast", "-t", "60"]).arg("-D").arg(self.data_dir());
         run(cmd, "pg_ctl stop")?;
         Ok(())
     }
@@ -282,17 +258,13 @@ fn run(mut cmd: Command, what: &str) -> Result<Output> {
 pub async fn ensure_database(cluster: &Cluster, database: &str) -> Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&cluster.url("postgres")).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(database)
-            .fetch_one(&mut conn)
-            .await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(database)
+        .fetch_one(&mut conn)
+        .await?;
     if !exists {
         let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-        match sqlx::query(&format!("CREATE DATABASE {quoted}"))
-            .execute(&mut conn)
-            .await
-        {
+        match sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&mut conn).await {
             Ok(_) => {}
             // Another process created it between our check and ours.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

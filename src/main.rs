@@ -19,17 +19,27 @@ fn main() {
             Command::Serve { migrate } => {
                 let settings = env.settings(true)?;
                 let url = env.require_database_url()?;
-                telemetry::init(settings.log_format);
+                telemetry::init(settings.log_format, env.log_filter()?);
                 cli::serve(settings, &url, migrate).await
             }
             Command::Dev { data_dir } => {
                 let settings = env.settings(false)?;
-                telemetry::init(settings.log_format);
+                telemetry::init(settings.log_format, env.log_filter()?);
                 cli::dev(settings, data_dir, env.listen_addr_set()).await
+            }
+            Command::Prune { dry_run, batch_size } => {
+                let url = env.require_database_url()?;
+                let days = env.retention_days()?;
+                telemetry::init(env.log_format()?, env.log_filter()?);
+                cli::prune(&url, days, batch_size, dry_run).await
+            }
+            Command::Healthcheck => {
+                let settings = env.settings(false)?;
+                cli::healthcheck(settings.listen_addr).await
             }
             Command::Migrate => {
                 let url = env.require_database_url()?;
-                telemetry::init(env.log_format()?);
+                telemetry::init(env.log_format()?, env.log_filter()?);
                 cli::migrate(&url).await
             }
         }

@@ -54,22 +54,12 @@ pub async fn claim(
 
 /// False when the lease was lost (expired, or the event was handed to someone else).
 pub async fn ack(pool: &PgPool, id: i64, consumer: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT singapay.ack_event($1, $2)")
-        .bind(id)
-        .bind(consumer)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar("SELECT singapay.ack_event($1, $2)").bind(id).bind(consumer).fetch_one(pool).await
 }
 
 /// Gives the event back: claimable again after `delay` doubled per earlier attempt, or
 /// dead after max_attempts. False when the lease was lost.
-pub async fn nack(
-    pool: &PgPool,
-    id: i64,
-    consumer: &str,
-    error: &str,
-    delay: Duration,
-) -> Result<bool, sqlx::Error> {
+pub async fn nack(pool: &PgPool, id: i64, consumer: &str, error: &str, delay: Duration) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT singapay.nack_event($1, $2, $3, $4::interval)")
         .bind(id)
         .bind(consumer)

@@ -27,12 +27,9 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let main = tokio::spawn(
-        axum::serve(
-            listener,
-            router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(when_stopped(stopped.clone()))
-        .into_future(),
+        axum::serve(listener, router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(when_stopped(stopped.clone()))
+            .into_future(),
     );
     let admin = admin.map(|l| {
         tokio::spawn(
@@ -70,11 +67,9 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, Option<Tc
         .await
         .with_context(|| format!("LISTEN_ADDR: cannot bind {}", settings.listen_addr))?;
     let admin = match settings.admin_listen_addr {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("ADMIN_LISTEN_ADDR: cannot bind {addr}"))?,
-        ),
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("ADMIN_LISTEN_ADDR: cannot bind {addr}"))?)
+        }
         None => None,
     };
     Ok((main, admin))

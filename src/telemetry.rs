@@ -3,33 +3,32 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::config::{ConfigError, LogFormat};
 
-pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+const DEFAULT_FILTER: &str = "info,sqlx=warn";
+
+/// The log filter from `RUST_LOG` (default `info,sqlx=warn`); a malformed one is a
+/// start-up error, not a silent fallback.
+pub fn filter(rust_log: Option<&str>) -> Result<EnvFilter, ConfigError> {
+    match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(EnvFilter::new(DEFAULT_FILTER)),
+        Some(v) => EnvFilter::try_new(v).map_err(|e| ConfigError { var: "RUST_LOG", why: format!("{v:?}: {e}") }),
+    }
+}
+
+pub fn init(format: LogFormat, filter: EnvFilter) {
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
 
 /// For tests: output goes through the test harness's capture.
 pub fn init_for_tests() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 /// Prometheus series (documented in docs/operations.md).
@@ -56,9 +55,7 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ];
+            let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &buckets)
                 .expect("buckets are non-empty")
@@ -72,14 +69,8 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
                 metric::DUPLICATES,
                 "Retries of stored deliveries, acknowledged without a new row, by webhook_type."
             );
-            describe_counter!(
-                metric::REJECTIONS,
-                "Callbacks answered with an error, by error code."
-            );
-            describe_counter!(
-                metric::TEST_PINGS,
-                "Dashboard Test-button pings acknowledged (nothing stored)."
-            );
+            describe_counter!(metric::REJECTIONS, "Callbacks answered with an error, by error code.");
+            describe_counter!(metric::TEST_PINGS, "Dashboard Test-button pings acknowledged (nothing stored).");
             describe_histogram!(
                 metric::CALLBACK_DURATION,
                 Unit::Seconds,
@@ -94,23 +85,14 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
                 metric::QUEUE_EVENTS,
                 "Queue rows by state (available, running, done, dead), read at scrape time."
             );
-            describe_gauge!(
-                metric::QUEUE_DUE,
-                "Available queue rows whose available_at has passed."
-            );
+            describe_gauge!(metric::QUEUE_DUE, "Available queue rows whose available_at has passed.");
             describe_gauge!(
                 metric::QUEUE_OLDEST_DUE_AGE,
                 Unit::Seconds,
                 "Age of the oldest due queue row (0 when none)."
             );
-            describe_gauge!(
-                metric::DB_POOL_CONNECTIONS,
-                "Database pool connections by state (idle, in_use)."
-            );
-            describe_gauge!(
-                metric::DB_POOL_MAX,
-                "Configured maximum of the database pool (DB_MAX_CONNECTIONS)."
-            );
+            describe_gauge!(metric::DB_POOL_CONNECTIONS, "Database pool connections by state (idle, in_use).");
+            describe_gauge!(metric::DB_POOL_MAX, "Configured maximum of the database pool (DB_MAX_CONNECTIONS).");
             handle
         })
         .clone()

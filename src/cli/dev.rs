@@ -48,42 +48,24 @@ pub async fn dev(mut settings: Settings, data_dir: PathBuf, listen_addr_set: boo
     result.and(stopped)
 }
 
-async fn run(
-    settings: &mut Settings,
-    data_dir: &Path,
-    cluster: &Cluster,
-    listen_addr_set: bool,
-) -> Result<()> {
+async fn run(settings: &mut Settings, data_dir: &Path, cluster: &Cluster, listen_addr_set: bool) -> Result<()> {
     embedded_pg::ensure_database(cluster, DATABASE).await?;
     let url = cluster.url(DATABASE);
-    let pool = store::pool(
-        &SecretString::from(url.clone()),
-        settings.db_max_connections,
-    )?;
-    store::MIGRATOR
-        .run(&pool)
-        .await
-        .context("applying migrations")?;
+    let pool = store::pool(&SecretString::from(url.clone()), settings.db_max_connections)?;
+    store::MIGRATOR.run(&pool).await.context("applying migrations")?;
 
     let generated = settings.credentials.is_empty();
     if generated {
-        settings.credentials = vec![Credential {
-            label: "dev".into(),
-            secret: SecretString::from(dev_secret(data_dir)?),
-        }];
+        settings.credentials =
+            vec![Credential { label: "dev".into(), secret: SecretString::from(dev_secret(data_dir)?) }];
     }
     if !listen_addr_set {
         settings.listen_addr = "127.0.0.1:8080".parse().expect("valid address");
     }
-    let (listener, admin) = startup::bind(settings)
-        .await
-        .context("set LISTEN_ADDR to another port")?;
+    let (listener, admin) = startup::bind(settings).await.context("set LISTEN_ADDR to another port")?;
     let addr = listener.local_addr()?;
     let secret_line = if generated {
-        format!(
-            "SINGAPAY_WEBHOOK_SECRETS=dev={}",
-            settings.credentials[0].secret.expose_secret()
-        )
+        format!("SINGAPAY_WEBHOOK_SECRETS=dev={}", settings.credentials[0].secret.expose_secret())
     } else {
         "from SINGAPAY_WEBHOOK_SECRETS".to_owned()
     };

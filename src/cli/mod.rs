@@ -1,7 +1,9 @@
 //! One file per subcommand.
 
 mod dev;
+mod healthcheck;
 mod migrate;
+mod prune;
 mod serve;
 
 use std::path::PathBuf;
@@ -9,15 +11,13 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use dev::dev;
+pub use healthcheck::healthcheck;
 pub use migrate::migrate;
+pub use prune::prune;
 pub use serve::serve;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "singapay-webhooks",
-    version,
-    about = "Receives, verifies and durably records Singapay callbacks."
-)]
+#[command(name = "singapay-webhooks", version, about = "Receives, verifies and durably records Singapay callbacks.")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -40,4 +40,17 @@ pub enum Command {
     },
     /// Apply the embedded database migrations to DATABASE_URL and exit.
     Migrate,
+    /// Delete what is older than RETENTION_DAYS: finished queue rows, deliveries that are no
+    /// transaction's current state and no kept queue row's cause, rejected deliveries.
+    Prune {
+        /// Count what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per delete statement (each its own short transaction).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        batch_size: i64,
+    },
+    /// Exit 0 when the local receiver (LISTEN_ADDR) answers /readyz with 200: for a
+    /// container HEALTHCHECK.
+    Healthcheck,
 }

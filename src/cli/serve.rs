@@ -7,10 +7,7 @@ use crate::{startup, store};
 pub async fn serve(settings: Settings, database_url: &SecretString, migrate: bool) -> Result<()> {
     let pool = store::pool(database_url, settings.db_max_connections).context("DATABASE_URL")?;
     if migrate {
-        store::MIGRATOR
-            .run(&pool)
-            .await
-            .context("applying migrations")?;
+        store::MIGRATOR.run(&pool).await.context("applying migrations")?;
     }
     let (listener, admin) = startup::bind(&settings).await?;
     tracing::info!(

@@ -97,9 +97,7 @@ impl ApiError {
             ApiError::SignatureInvalid => "Invalid webhook signature.".into(),
             ApiError::StaleTimestamp => "Webhook timestamp outside the accepted window.".into(),
             ApiError::IpNotAllowed => "Source address not allowed.".into(),
-            ApiError::InvalidBody(_) => {
-                "Webhook body must be a JSON object nested at most 64 deep.".into()
-            }
+            ApiError::InvalidBody(_) => "Webhook body must be a JSON object nested at most 64 deep.".into(),
             ApiError::BodyTooLarge(max) => format!("Webhook body exceeds {max} bytes."),
             ApiError::NotFound => "No such endpoint.".into(),
             ApiError::MethodNotAllowed => "Method not allowed.".into(),
@@ -118,12 +116,10 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), Json(body)).into_response();
         match self {
             ApiError::StorageUnavailable => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             ApiError::MethodNotAllowed => {
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
             _ => {}
         }

@@ -16,17 +16,11 @@ pub async fn live() -> Response {
 pub async fn ready(State(state): State<AppState>) -> Response {
     let (code, message) = match store::migrations_applied(&state.pool).await {
         Ok(true) => return Json(json!({ "status": "ready" })).into_response(),
-        Ok(false) => (
-            "migrations_pending",
-            "Database migrations are not applied; run `singapay-webhooks migrate`.",
-        ),
+        Ok(false) => ("migrations_pending", "Database migrations are not applied; run `singapay-webhooks migrate`."),
         Err(e) if store::is_transient(&e) => ("storage_unavailable", "Postgres is not reachable."),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (
-                "migrations_pending",
-                "Database schema is not initialised; run `singapay-webhooks migrate`.",
-            )
+            ("migrations_pending", "Database schema is not initialised; run `singapay-webhooks migrate`.")
         }
     };
     let body = json!({

@@ -13,11 +13,7 @@ use crate::telemetry::metric;
 
 pub async fn render(State(state): State<AppState>) -> Response {
     let Some(handle) = state.metrics.as_ref() else {
-        return (
-            StatusCode::NOT_FOUND,
-            "metrics are not enabled in this process\n",
-        )
-            .into_response();
+        return (StatusCode::NOT_FOUND, "metrics are not enabled in this process\n").into_response();
     };
     let pool = &state.pool;
     let idle = pool.num_idle() as f64;
@@ -44,9 +40,5 @@ pub async fn render(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not available for /metrics"),
         Err(_) => tracing::debug!("queue depth query timed out for /metrics"),
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }

@@ -59,9 +59,7 @@ pub fn admin_router(state: AppState) -> Router {
 }
 
 pub fn router(state: AppState) -> Router {
-    let mut r = Router::new()
-        .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready));
+    let mut r = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
     if state.settings.admin_listen_addr.is_none() {
         r = r.route("/metrics", get(metrics::render));
     }
@@ -87,10 +85,7 @@ pub fn router(state: AppState) -> Router {
 async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let prefix = state.settings.webhook_path.as_str();
     let path = req.uri().path();
-    let under_prefix = path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'));
+    let under_prefix = path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
     if !under_prefix {
         return ApiError::NotFound.into_response();
     }

@@ -12,10 +12,7 @@ use ipnet::IpNet;
 
 fn parse_hop(s: &str) -> Option<IpAddr> {
     let s = s.trim();
-    s.parse::<IpAddr>()
-        .ok()
-        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
-        .map(|ip| ip.to_canonical())
+    s.parse::<IpAddr>().ok().or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip())).map(|ip| ip.to_canonical())
 }
 
 /// The client address as far as the trusted proxies vouch for it; `None` when the chain
@@ -25,12 +22,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_hops: usize) -> Opti
     if trusted_hops == 0 {
         return Some(peer);
     }
-    let forwarded: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
+    let forwarded: Vec<&str> =
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
     // chain = forwarded..., peer; the client sits `trusted_hops` places left of the peer.
     let index = forwarded.len().checked_sub(trusted_hops)?;
     parse_hop(forwarded.get(index)?)
@@ -57,37 +50,19 @@ mod tests {
     fn the_client_is_counted_from_the_right() {
         let lb: IpAddr = "10.0.0.2".parse().unwrap();
         // One load balancer: it appended the real client.
-        assert_eq!(
-            client_ip(lb, &xff(&["203.0.113.9"]), 1),
-            Some("203.0.113.9".parse().unwrap())
-        );
+        assert_eq!(client_ip(lb, &xff(&["203.0.113.9"]), 1), Some("203.0.113.9".parse().unwrap()));
         // A client that sends its own X-Forwarded-For gains nothing.
-        assert_eq!(
-            client_ip(lb, &xff(&["1.1.1.1, 203.0.113.9"]), 1),
-            Some("203.0.113.9".parse().unwrap())
-        );
-        assert_eq!(
-            client_ip(lb, &xff(&["1.1.1.1", "203.0.113.9"]), 1),
-            Some("203.0.113.9".parse().unwrap())
-        );
+        assert_eq!(client_ip(lb, &xff(&["1.1.1.1, 203.0.113.9"]), 1), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(client_ip(lb, &xff(&["1.1.1.1", "203.0.113.9"]), 1), Some("203.0.113.9".parse().unwrap()));
         // Two proxies: the outer one appended the client, the inner one the outer proxy.
-        assert_eq!(
-            client_ip(lb, &xff(&["9.9.9.9, 203.0.113.9, 10.0.0.1"]), 2),
-            Some("203.0.113.9".parse().unwrap())
-        );
+        assert_eq!(client_ip(lb, &xff(&["9.9.9.9, 203.0.113.9, 10.0.0.1"]), 2), Some("203.0.113.9".parse().unwrap()));
         // Without trusted hops the header is ignored entirely.
         assert_eq!(client_ip(lb, &xff(&["203.0.113.9"]), 0), Some(lb));
         // A chain shorter than the hops, or garbage, identifies nobody.
         assert_eq!(client_ip(lb, &HeaderMap::new(), 1), None);
         assert_eq!(client_ip(lb, &xff(&["not-an-ip"]), 1), None);
         // Ports and IPv4-mapped IPv6 are normalised.
-        assert_eq!(
-            client_ip(lb, &xff(&["203.0.113.9:4711"]), 1),
-            Some("203.0.113.9".parse().unwrap())
-        );
-        assert_eq!(
-            client_ip("::ffff:10.0.0.2".parse().unwrap(), &HeaderMap::new(), 0),
-            Some(lb)
-        );
+        assert_eq!(client_ip(lb, &xff(&["203.0.113.9:4711"]), 1), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(client_ip("::ffff:10.0.0.2".parse().unwrap(), &HeaderMap::new(), 0), Some(lb));
     }
 }

@@ -45,38 +45,26 @@ pub async fn receive(state: AppState, req: Request) -> Response {
     );
     let result = handle(state, req).instrument(span).await;
     let (label, response) = match result {
-        Ok(Answer::Stored {
-            delivery_id,
-            duplicate,
-        }) => (
+        Ok(Answer::Stored { delivery_id, duplicate }) => (
             if duplicate { "duplicate" } else { "stored" },
-            Json(
-                json!({ "status": "success", "delivery_id": delivery_id, "duplicate": duplicate }),
-            )
-            .into_response(),
+            Json(json!({ "status": "success", "delivery_id": delivery_id, "duplicate": duplicate })).into_response(),
         ),
         Ok(Answer::TestPing) => {
             counter!(metric::TEST_PINGS).increment(1);
-            (
-                "test",
-                Json(json!({ "status": "success", "test": true })).into_response(),
-            )
+            ("test", Json(json!({ "status": "success", "test": true })).into_response())
         }
         Err(e) => {
             counter!(metric::REJECTIONS, "code" => e.code()).increment(1);
             ("rejected", e.into_response())
         }
     };
-    histogram!(metric::CALLBACK_DURATION, "result" => label)
-        .record(started.elapsed().as_secs_f64());
+    histogram!(metric::CALLBACK_DURATION, "result" => label).record(started.elapsed().as_secs_f64());
     response
 }
 
 async fn read_body(body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(ApiError::BodyTooLarge(max));
     }
@@ -84,15 +72,12 @@ async fn read_body(body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Ve
     match axum::body::to_bytes(body, max).await {
         Ok(b) => Ok(b.to_vec()),
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             if too_large {
                 Err(ApiError::BodyTooLarge(max))
             } else {
-                Err(ApiError::InvalidBody(format!(
-                    "body could not be read: {e}"
-                )))
+                Err(ApiError::InvalidBody(format!("body could not be read: {e}")))
             }
         }
     }
@@ -111,24 +96,16 @@ async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
     if let Some(allowlist) = &settings.allowed_source_cidrs {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let client = peer.and_then(|p| source::client_ip(p, &headers, settings.trusted_proxy_hops));
         if !client.is_some_and(|ip| source::allowed(allowlist, ip)) {
             tracing::warn!(peer = ?peer, client = ?client, "callback from a source outside ALLOWED_SOURCE_CIDRS refused");
             return Err(ApiError::IpNotAllowed);
         }
     }
-    let request_id = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let path_and_query =
+        parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
     // ENDPOINT as Singapay signed it: when a proxy rewrote the prefix, sign with the public one.
     let endpoint = match &settings.signed_path_prefix {
         Some(public) => match path_and_query.strip_prefix(&settings.webhook_path) {
@@ -147,8 +124,7 @@ async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
     let analysed = Body::analyse(&raw);
 
     // The dashboard "Test" button posts an unsigned dummy body: proof the URL is reachable.
-    let unsigned =
-        signed.signature.is_none() && signed.timestamp.is_none() && signed.authorization.is_none();
+    let unsigned = signed.signature.is_none() && signed.timestamp.is_none() && signed.authorization.is_none();
     if unsigned && analysed.object().is_some_and(webhook::is_dashboard_test) {
         tracing::info!(path = %parts.uri.path(), "dashboard test ping acknowledged, nothing stored");
         return Ok(Answer::TestPing);
@@ -186,12 +162,8 @@ async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
     if let Some(key) = classification.single().map(|c| c.transaction_key.as_str()) {
         span.record("transaction_key", key);
     }
-    let signed_at = i64::try_from(verified.timestamp)
-        .ok()
-        .and_then(|t| DateTime::from_timestamp(t, 0));
-    let x_signature = lossy(signed.signature)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let signed_at = i64::try_from(verified.timestamp).ok().and_then(|t| DateTime::from_timestamp(t, 0));
+    let x_signature = lossy(signed.signature).unwrap_or_default().to_ascii_lowercase();
     let access_token = lossy(signed.authorization.map(signature::bearer_token)).unwrap_or_default();
     let partner_id = lossy(header(&headers, "x-partner-id"));
 
@@ -273,10 +245,7 @@ async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
                 tracing::warn!(status = ?c.single().and_then(|s| s.status.as_deref()),
                     "terminal status contradicts the stored terminal status; stored, not applied");
             }
-            Ok(Answer::Stored {
-                delivery_id: s.delivery_id,
-                duplicate: s.duplicate,
-            })
+            Ok(Answer::Stored { delivery_id: s.delivery_id, duplicate: s.duplicate })
         }
         Err(e) => Err(storage_error(e)),
     }
@@ -305,23 +274,13 @@ async fn stale(
     signed_at: Option<DateTime<Utc>>,
     rejection: Rejection,
 ) -> Result<Answer, ApiError> {
-    if let Some(id) = store::touch_known(&state.pool, &content_sha256)
-        .await
-        .map_err(storage_error)?
-    {
-        Span::current()
-            .record("duplicate", true)
-            .record("delivery_id", id);
+    if let Some(id) = store::touch_known(&state.pool, &content_sha256).await.map_err(storage_error)? {
+        Span::current().record("duplicate", true).record("delivery_id", id);
         counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
         tracing::info!("stale retry of a stored delivery acknowledged");
-        return Ok(Answer::Stored {
-            delivery_id: id,
-            duplicate: true,
-        });
+        return Ok(Answer::Stored { delivery_id: id, duplicate: true });
     }
-    let id = store::record_rejection(&state.pool, &rejection)
-        .await
-        .map_err(storage_error)?;
+    let id = store::record_rejection(&state.pool, &rejection).await.map_err(storage_error)?;
     tracing::warn!(
         rejected_delivery_id = id,
         x_timestamp = verified.timestamp,

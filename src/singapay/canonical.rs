@@ -202,11 +202,7 @@ fn php_gcvt(f: f64) -> String {
     let exp: i32 = exp.parse().unwrap_or(0);
     let decpt = exp + 1;
     const NDIGIT: i32 = 17;
-    let exponential = if decpt < 0 {
-        decpt < -3
-    } else {
-        decpt > NDIGIT
-    };
+    let exponential = if decpt < 0 { decpt < -3 } else { decpt > NDIGIT };
     let d = digits.as_bytes();
     if exponential {
         out.push(d[0] as char);

@@ -55,10 +55,9 @@ impl std::error::Error for ParseError {}
 impl Value {
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Object(members) => members
-                .binary_search_by(|(k, _)| k.as_str().cmp(key))
-                .ok()
-                .map(|i| &members[i].1),
+            Value::Object(members) => {
+                members.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| &members[i].1)
+            }
             _ => None,
         }
     }
@@ -105,22 +104,14 @@ impl Value {
 
 pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     let text = std::str::from_utf8(body).map_err(|_| ParseError::InvalidUtf8)?;
-    let mut p = Parser {
-        s: text.as_bytes(),
-        text,
-        pos: 0,
-        php_decodable: true,
-    };
+    let mut p = Parser { s: text.as_bytes(), text, pos: 0, php_decodable: true };
     p.skip_ws();
     let value = p.value(0)?;
     p.skip_ws();
     if p.pos != p.s.len() {
         return Err(p.err("trailing characters"));
     }
-    Ok(Parsed {
-        value,
-        php_decodable: p.php_decodable,
-    })
+    Ok(Parsed { value, php_decodable: p.php_decodable })
 }
 
 struct Parser<'a> {
@@ -132,10 +123,7 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn err(&self, what: &'static str) -> ParseError {
-        ParseError::Syntax {
-            offset: self.pos,
-            what,
-        }
+        ParseError::Syntax { offset: self.pos, what }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -282,10 +270,7 @@ impl<'a> Parser<'a> {
     }
 
     fn hex4(&mut self) -> Result<u16, ParseError> {
-        let h = self
-            .s
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.err("short \\u escape"))?;
+        let h = self.s.get(self.pos..self.pos + 4).ok_or_else(|| self.err("short \\u escape"))?;
         let mut v: u16 = 0;
         for &b in h {
             let d = match b {
@@ -384,11 +369,9 @@ fn jsonb_value(v: &Value, out: &mut String) {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(lit) => {
-            let exp_ok = lit.split_once(['e', 'E']).is_none_or(|(_, e)| {
-                e.trim_start_matches(['+', '-'])
-                    .parse::<u32>()
-                    .is_ok_and(|e| e <= 1000)
-            });
+            let exp_ok = lit
+                .split_once(['e', 'E'])
+                .is_none_or(|(_, e)| e.trim_start_matches(['+', '-']).parse::<u32>().is_ok_and(|e| e <= 1000));
             if lit.len() <= 100 && exp_ok {
                 out.push_str(lit);
             } else {
@@ -440,10 +423,7 @@ mod tests {
         let p = parse(br#"{"b":1,"a":2,"b":3}"#).unwrap();
         assert_eq!(
             p.value,
-            Value::Object(vec![
-                ("a".into(), Value::Number("2".into())),
-                ("b".into(), Value::Number("3".into()))
-            ])
+            Value::Object(vec![("a".into(), Value::Number("2".into())), ("b".into(), Value::Number("3".into()))])
         );
     }
 
@@ -459,19 +439,7 @@ mod tests {
 
     #[test]
     fn grammar_is_strict() {
-        for bad in [
-            "{\"a\":1,}",
-            "01",
-            "1.",
-            ".5",
-            "{\"a\" 1}",
-            "\"a\nb\"",
-            "[1]x",
-            "",
-            "tru",
-            "-",
-            "1e",
-        ] {
+        for bad in ["{\"a\":1,}", "01", "1.", ".5", "{\"a\" 1}", "\"a\nb\"", "[1]x", "", "tru", "-", "1e"] {
             assert!(parse(bad.as_bytes()).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(parse(b"\xff{}"), Err(ParseError::InvalidUtf8));

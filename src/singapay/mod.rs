@@ -30,11 +30,7 @@ impl Body {
             Ok(p) => (canonical::php_form(p), Some(canonical::sorted_form(p))),
             Err(_) => (None, None),
         };
-        Body {
-            parsed,
-            php,
-            sorted,
-        }
+        Body { parsed, php, sorted }
     }
 
     pub fn forms<'a>(&'a self, raw: &'a [u8]) -> BodyForms<'a> {
@@ -54,10 +50,6 @@ impl Body {
 
     /// The body as a JSON object, if it is one.
     pub fn object(&self) -> Option<&json::Value> {
-        self.parsed
-            .as_ref()
-            .ok()
-            .map(|p| &p.value)
-            .filter(|v| v.is_object())
+        self.parsed.as_ref().ok().map(|p| &p.value).filter(|v| v.is_object())
     }
 }

@@ -19,10 +19,7 @@ pub struct Credential {
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
-            .field("label", &self.label)
-            .field("secret", &"[redacted]")
-            .finish()
+        f.debug_struct("Credential").field("label", &self.label).field("secret", &"[redacted]").finish()
     }
 }
 
@@ -108,10 +105,7 @@ pub fn bearer_token(authorization: &[u8]) -> &[u8] {
     if trimmed.eq_ignore_ascii_case(b"bearer") {
         return &[];
     }
-    if trimmed.len() > 6
-        && trimmed[..6].eq_ignore_ascii_case(b"bearer")
-        && trimmed[6].is_ascii_whitespace()
-    {
+    if trimmed.len() > 6 && trimmed[..6].eq_ignore_ascii_case(b"bearer") && trimmed[6].is_ascii_whitespace() {
         trim_ascii(&trimmed[6..])
     } else {
         trimmed
@@ -119,14 +113,8 @@ pub fn bearer_token(authorization: &[u8]) -> &[u8] {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -139,10 +127,7 @@ pub fn parse_timestamp(raw: &[u8]) -> Result<u64, VerifyError> {
     if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
         return Err(VerifyError::InvalidTimestamp);
     }
-    std::str::from_utf8(raw)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(VerifyError::InvalidTimestamp)
+    std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()).ok_or(VerifyError::InvalidTimestamp)
 }
 
 pub fn sha256_hex(body: &[u8]) -> String {
@@ -166,25 +151,14 @@ pub fn string_to_sign(endpoint: &[u8], token: &[u8], body: &[u8], timestamp: &[u
 
 fn mac(secret: &SecretString, message: &[u8]) -> HmacSha512 {
     // HMAC takes keys of any length; new_from_slice cannot fail for it.
-    let mut m = HmacSha512::new_from_slice(secret.expose_secret().as_bytes())
-        .expect("HMAC accepts any key length");
+    let mut m = HmacSha512::new_from_slice(secret.expose_secret().as_bytes()).expect("HMAC accepts any key length");
     m.update(message);
     m
 }
 
 /// Lowercase hex signature, as Singapay sends it.
-pub fn sign(
-    secret: &SecretString,
-    endpoint: &[u8],
-    token: &[u8],
-    body: &[u8],
-    timestamp: &[u8],
-) -> String {
-    hex::encode(
-        mac(secret, &string_to_sign(endpoint, token, body, timestamp))
-            .finalize()
-            .into_bytes(),
-    )
+pub fn sign(secret: &SecretString, endpoint: &[u8], token: &[u8], body: &[u8], timestamp: &[u8]) -> String {
+    hex::encode(mac(secret, &string_to_sign(endpoint, token, body, timestamp)).finalize().into_bytes())
 }
 
 /// Checks a request against every credential and body form. Headers are checked first,
@@ -198,11 +172,9 @@ pub fn verify(
     now_secs: i64,
     tolerance_secs: u64,
 ) -> Result<Verified, VerifyError> {
-    let (Some(sig_hex), Some(ts_raw), Some(auth)) = (
-        non_empty(headers.signature),
-        non_empty(headers.timestamp),
-        non_empty(headers.authorization),
-    ) else {
+    let (Some(sig_hex), Some(ts_raw), Some(auth)) =
+        (non_empty(headers.signature), non_empty(headers.timestamp), non_empty(headers.authorization))
+    else {
         return Err(VerifyError::MissingHeaders);
     };
     let token = bearer_token(auth);
@@ -253,14 +225,7 @@ mod tests {
     #[test]
     fn timestamps_must_be_digits() {
         assert_eq!(parse_timestamp(b"1774320000"), Ok(1_774_320_000));
-        for bad in [
-            &b"-1"[..],
-            b"17743e0",
-            b" 1",
-            b"",
-            b"99999999999999999999",
-            b"+12",
-        ] {
+        for bad in [&b"-1"[..], b"17743e0", b" 1", b"", b"99999999999999999999", b"+12"] {
             assert_eq!(parse_timestamp(bad), Err(VerifyError::InvalidTimestamp));
         }
     }
@@ -270,10 +235,7 @@ mod tests {
         // FACTS §1.8, computed by PHP and Node independently of this code.
         let secret = SecretString::from("demo-client-secret-123");
         let body = br#"{"data":{"a":1,"b":2,"meta":[]},"event":"x"}"#;
-        assert_eq!(
-            sha256_hex(body),
-            "e7d53bb63e37327d1f4840d60818a0c4690b8e54d409dc0e1f4331bc79dfa48e"
-        );
+        assert_eq!(sha256_hex(body), "e7d53bb63e37327d1f4840d60818a0c4690b8e54d409dc0e1f4331bc79dfa48e");
         assert_eq!(
             sign(&secret, b"/hooks/singapay?src=sp", b"q8Zr2LmX0vT5", body, b"1774320000"),
             "8877f18813a4347d6fb9ce4c710707394b32b2d2b6ad0097135a16e54ec8ea362d0a4f18126d5738178e7b854ca537cd67a94c9382bd41815e27604f46f5acff"

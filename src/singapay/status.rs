@@ -168,16 +168,14 @@ pub fn response_class(code: &str) -> &'static str {
         "SP001" => "failed",
         "SP002" => "unknown",
         "SP005" => "pending",
-        "SP003" | "SP004" | "SP006" | "SP007" | "SP008" | "SP009" | "SP010" | "SP011" | "SP012"
-        | "SP013" | "SP014" | "SP015" | "SP016" | "SP017" | "SP018" | "SP019" | "SP020"
-        | "SP403" => "rejected",
+        "SP003" | "SP004" | "SP006" | "SP007" | "SP008" | "SP009" | "SP010" | "SP011" | "SP012" | "SP013" | "SP014"
+        | "SP015" | "SP016" | "SP017" | "SP018" | "SP019" | "SP020" | "SP403" => "rejected",
         // The older two-digit table (seed documents).
         "00" | "51" => "success",
         "01" => "pending",
         "02" | "50" => "failed",
         "03" | "05" | "14" | "15" | "89" | "99" => "unknown",
-        "04" | "06" | "07" | "08" | "09" | "10" | "11" | "12" | "13" | "16" | "17" | "20"
-        | "21" | "22" => "rejected",
+        "04" | "06" | "07" | "08" | "09" | "10" | "11" | "12" | "13" | "16" | "17" | "20" | "21" | "22" => "rejected",
         _ => "unrecognised",
     }
 }
@@ -205,15 +203,9 @@ mod tests {
         assert_eq!(decide(p, Some("initiated"), "pending"), Transition::Applied);
         assert_eq!(decide(p, Some("pending"), "pending"), Transition::Unchanged);
         assert_eq!(decide(p, Some("succeeded"), "pending"), Transition::Stale);
-        assert_eq!(
-            decide(p, Some("succeeded"), "refunded"),
-            Transition::Applied
-        );
+        assert_eq!(decide(p, Some("succeeded"), "refunded"), Transition::Applied);
         assert_eq!(decide(p, Some("failed"), "succeeded"), Transition::Conflict);
-        assert_eq!(
-            decide(p, Some("refunded"), "succeeded"),
-            Transition::Conflict
-        );
+        assert_eq!(decide(p, Some("refunded"), "succeeded"), Transition::Conflict);
     }
 
     #[test]

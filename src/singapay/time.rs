@@ -22,10 +22,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     } else {
         let naive = NaiveDateTime::parse_from_str(s, "%d %b %Y %H:%M:%S").ok()?;
         let jakarta = FixedOffset::east_opt(JAKARTA_OFFSET_SECS)?;
-        jakarta
-            .from_local_datetime(&naive)
-            .single()?
-            .with_timezone(&Utc)
+        jakarta.from_local_datetime(&naive).single()?.with_timezone(&Utc)
     };
     // Outside this range the value is nonsense and Postgres may not represent it.
     (1970..=9999).contains(&t.year()).then_some(t)
@@ -40,24 +37,13 @@ mod tests {
         // FACTS §2: stamped 21 Aug 04:35:02, arrived 20 Aug 21:35:03 UTC.
         let t = parse_time("21 Aug 2026 04:35:02").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-08-20T21:35:02+00:00");
-        assert_eq!(
-            parse_time("1 Mar 2026 00:00:00").unwrap().to_rfc3339(),
-            "2026-02-28T17:00:00+00:00"
-        );
+        assert_eq!(parse_time("1 Mar 2026 00:00:00").unwrap().to_rfc3339(), "2026-02-28T17:00:00+00:00");
     }
 
     #[test]
     fn epoch_millis_and_iso_are_read() {
-        assert_eq!(
-            parse_time("1773645729000").unwrap().to_rfc3339(),
-            "2026-03-16T07:22:09+00:00"
-        );
-        assert_eq!(
-            parse_time("2026-03-15T12:03:44.000000Z")
-                .unwrap()
-                .timestamp(),
-            1_773_576_224
-        );
+        assert_eq!(parse_time("1773645729000").unwrap().to_rfc3339(), "2026-03-16T07:22:09+00:00");
+        assert_eq!(parse_time("2026-03-15T12:03:44.000000Z").unwrap().timestamp(), 1_773_576_224);
         assert_eq!(parse_time(""), None);
         assert_eq!(parse_time("soon"), None);
     }

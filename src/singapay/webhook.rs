@@ -69,25 +69,11 @@ impl WebhookType {
     /// The SDKs' algorithm: exact name; `_` → `-`; known prefixes; with no usable `event`,
     /// the payment-link payload shape.
     pub fn detect(body: &Value) -> WebhookType {
-        let event = body
-            .get("event")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|e| !e.is_empty());
+        let event = body.get("event").and_then(Value::as_str).map(str::trim).filter(|e| !e.is_empty());
         let Some(event) = event else {
-            let pl_type = body
-                .at(&["data", "transaction", "type"])
-                .and_then(Value::as_str)
-                == Some("pl");
-            let pl_method = body
-                .at(&["data", "payment", "method"])
-                .and_then(Value::as_str)
-                == Some("payment_link");
-            return if pl_type || pl_method {
-                WebhookType::PaymentLinkTransaction
-            } else {
-                WebhookType::Unknown
-            };
+            let pl_type = body.at(&["data", "transaction", "type"]).and_then(Value::as_str) == Some("pl");
+            let pl_method = body.at(&["data", "payment", "method"]).and_then(Value::as_str) == Some("payment_link");
+            return if pl_type || pl_method { WebhookType::PaymentLinkTransaction } else { WebhookType::Unknown };
         };
         let lower = event.to_ascii_lowercase();
         if let Some(t) = Self::from_name(&lower) {
@@ -101,9 +87,7 @@ impl WebhookType {
             WebhookType::SubscriptionCycle
         } else if lower.starts_with("settlement.") {
             WebhookType::Settlement
-        } else if hyphenated.starts_with("payment-link.inquiry")
-            || hyphenated.starts_with("payment-link-inquiry")
-        {
+        } else if hyphenated.starts_with("payment-link.inquiry") || hyphenated.starts_with("payment-link-inquiry") {
             WebhookType::PaymentLinkInquiry
         } else if hyphenated.starts_with("direct-debit") {
             WebhookType::DirectDebit
@@ -262,9 +246,7 @@ pub fn classify(body: &Value) -> Classification {
         WebhookType::EwalletTopup => money_out(data, Product::EwalletTopup, &mut c),
         WebhookType::QrisIssuer => money_out(data, Product::QrisIssuer, &mut c),
         WebhookType::Settlement => settlement(data, c.event.as_deref().unwrap_or_default()),
-        WebhookType::SubscriptionCycle => {
-            subscription(data, c.event.as_deref().unwrap_or_default())
-        }
+        WebhookType::SubscriptionCycle => subscription(data, c.event.as_deref().unwrap_or_default()),
         WebhookType::DirectDebit => direct_debit(data),
         WebhookType::ProductExpiration => expiration(
             data,
@@ -327,11 +309,7 @@ fn money_in(data: &Value, product: Product) -> Subject {
             additional.and_then(|a| ident(a.at(&["payment_link", "id"]))),
             additional.and_then(|a| ident(a.at(&["payment_link", "reff_no"]))),
         ),
-        _ => (
-            ident(t.get("reff_no")),
-            ident(t.get("id")),
-            ident(t.get("merchant_reff_no")),
-        ),
+        _ => (ident(t.get("reff_no")), ident(t.get("id")), ident(t.get("merchant_reff_no"))),
     };
     let Some(id) = id else {
         return Subject::Unrecognised("transaction id is missing or not a string");
@@ -367,9 +345,7 @@ fn payment_link_inquiry(data: &Value, event: Option<&str>) -> Subject {
     let status = if expired_event {
         Some("expired")
     } else {
-        h.get("status")
-            .and_then(Value::as_str)
-            .and_then(status::status_from_money_in)
+        h.get("status").and_then(Value::as_str).and_then(status::status_from_money_in)
     };
     let Some(status) = status else {
         return Subject::Unrecognised("payment_link_history.status is missing or unknown");
@@ -393,8 +369,7 @@ fn money_out(data: &Value, product: Product, c: &mut Classification) -> Subject 
     ch.merchant_reference = ident(data.get("reference_number"));
     ch.amount = amount;
     ch.currency = currency;
-    ch.occurred_at =
-        time_of(data.get("processed_timestamp")).or_else(|| time_of(data.get("post_timestamp")));
+    ch.occurred_at = time_of(data.get("processed_timestamp")).or_else(|| time_of(data.get("post_timestamp")));
     ch.transaction_status_code = c.transaction_status_code.clone();
     // The payment state comes from transaction_status.code alone; response_code is about
     // the request (SP000 + 01 is initiated, SP001 + 06 is failed).
@@ -403,13 +378,7 @@ fn money_out(data: &Value, product: Product, c: &mut Classification) -> Subject 
             Some(s) => ch.status = Some(s.to_owned()),
             None => return Subject::Unrecognised("transaction_status.code is not a known value"),
         },
-        None if c
-            .response_code
-            .as_deref()
-            .is_some_and(status::needs_inquiry) =>
-        {
-            c.needs_inquiry = true
-        }
+        None if c.response_code.as_deref().is_some_and(status::needs_inquiry) => c.needs_inquiry = true,
         None => return Subject::Unrecognised("transaction_status.code is missing"),
     }
     Subject::Single(ch)
@@ -453,10 +422,7 @@ fn subscription(data: &Value, event: &str) -> Subject {
         let Some(id) = plan.and_then(|p| ident(p.get("id"))) else {
             return Subject::Unrecognised("plan.id is missing");
         };
-        let Some(status) = plan
-            .and_then(|p| p.get("status"))
-            .and_then(Value::as_str)
-            .and_then(status::own_status)
+        let Some(status) = plan.and_then(|p| p.get("status")).and_then(Value::as_str).and_then(status::own_status)
         else {
             return Subject::Unrecognised("plan.status is missing");
         };
@@ -485,11 +451,7 @@ fn direct_debit(data: &Value) -> Subject {
     let Some(id) = ident(data.get("binding_id")) else {
         return Subject::Unrecognised("data.binding_id is missing");
     };
-    let Some(status) = data
-        .get("status")
-        .and_then(Value::as_str)
-        .and_then(status::own_status)
-    else {
+    let Some(status) = data.get("status").and_then(Value::as_str).and_then(status::own_status) else {
         return Subject::Unrecognised("data.status is missing");
     };
     let mut ch = change(Product::DirectDebit, id);
@@ -539,44 +501,30 @@ mod tests {
     fn event_spellings_are_normalised() {
         for (event, want) in [
             ("transaction_expiration", WebhookType::TransactionExpiration),
-            (
-                "payment_link.inquiry.expired",
-                WebhookType::PaymentLinkInquiry,
-            ),
-            (
-                "subscription.plan.status_changed",
-                WebhookType::SubscriptionCycle,
-            ),
+            ("payment_link.inquiry.expired", WebhookType::PaymentLinkInquiry),
+            ("subscription.plan.status_changed", WebhookType::SubscriptionCycle),
             ("settlement.refund_cancelled", WebhookType::Settlement),
             ("direct_debit_unbinding", WebhookType::DirectDebit),
             ("kyb-result", WebhookType::Unknown),
         ] {
-            let v = parse(format!(r#"{{"event":"{event}"}}"#).as_bytes())
-                .unwrap()
-                .value;
+            let v = parse(format!(r#"{{"event":"{event}"}}"#).as_bytes()).unwrap().value;
             assert_eq!(WebhookType::detect(&v), want, "{event}");
         }
     }
 
     #[test]
     fn payment_link_without_event_is_recognised_by_shape() {
-        let c = classify_str(
-            r#"{"data":{"transaction":{"type":"pl","reff_no":"R1","status":"paid"}}}"#,
-        );
+        let c = classify_str(r#"{"data":{"transaction":{"type":"pl","reff_no":"R1","status":"paid"}}}"#);
         assert_eq!(c.webhook_type, WebhookType::PaymentLinkTransaction);
         assert_eq!(c.single().unwrap().transaction_key, "payment_link:R1");
     }
 
     #[test]
     fn money_out_failure_without_status_needs_inquiry() {
-        let c = classify_str(
-            r#"{"response_code":"SP005","event":"disbursement","data":{"transaction_id":"123"}}"#,
-        );
+        let c = classify_str(r#"{"response_code":"SP005","event":"disbursement","data":{"transaction_id":"123"}}"#);
         assert!(c.needs_inquiry);
         assert_eq!(c.single().unwrap().status, None);
-        let c = classify_str(
-            r#"{"response_code":"SP000","event":"disbursement","data":{"transaction_id":"123"}}"#,
-        );
+        let c = classify_str(r#"{"response_code":"SP000","event":"disbursement","data":{"transaction_id":"123"}}"#);
         assert!(matches!(c.subject, Subject::Unrecognised(_)));
     }
 
@@ -601,14 +549,8 @@ mod tests {
 
     #[test]
     fn amounts_are_plain_decimals_only() {
-        assert_eq!(
-            decimal(Some(&Value::Number("245000".into()))).as_deref(),
-            Some("245000")
-        );
-        assert_eq!(
-            decimal(Some(&Value::String("125000.00".into()))).as_deref(),
-            Some("125000.00")
-        );
+        assert_eq!(decimal(Some(&Value::Number("245000".into()))).as_deref(), Some("245000"));
+        assert_eq!(decimal(Some(&Value::String("125000.00".into()))).as_deref(), Some("125000.00"));
         for bad in ["1e3", "12.", ".5", "abc", "", "1.2.3"] {
             assert_eq!(decimal(Some(&Value::String(bad.into()))), None, "{bad}");
         }

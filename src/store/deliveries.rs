@@ -101,11 +101,7 @@ async fn record_once(pool: &PgPool, d: &Delivery) -> Result<Stored, sqlx::Error>
     .await?;
     if !inserted {
         tx.commit().await?;
-        return Ok(Stored {
-            delivery_id,
-            duplicate: true,
-            outcome: stored_outcome,
-        });
+        return Ok(Stored { delivery_id, duplicate: true, outcome: stored_outcome });
     }
 
     let ctx = Context {
@@ -116,9 +112,7 @@ async fn record_once(pool: &PgPool, d: &Delivery) -> Result<Stored, sqlx::Error>
     };
     let outcome = match &c.subject {
         Subject::Single(ch) => match &ch.status {
-            Some(status) => transactions::apply(&mut tx, ch, status, &ctx)
-                .await?
-                .as_str(),
+            Some(status) => transactions::apply(&mut tx, ch, status, &ctx).await?.as_str(),
             None => provisional,
         },
         Subject::Batch(changes) => {
@@ -135,11 +129,7 @@ async fn record_once(pool: &PgPool, d: &Delivery) -> Result<Stored, sqlx::Error>
         set_outcome(&mut tx, delivery_id, outcome).await?;
     }
     tx.commit().await?;
-    Ok(Stored {
-        delivery_id,
-        duplicate: false,
-        outcome: outcome.to_owned(),
-    })
+    Ok(Stored { delivery_id, duplicate: false, outcome: outcome.to_owned() })
 }
 
 async fn set_outcome(conn: &mut PgConnection, id: i64, outcome: &str) -> Result<(), sqlx::Error> {
@@ -153,10 +143,7 @@ async fn set_outcome(conn: &mut PgConnection, id: i64, outcome: &str) -> Result<
 
 /// A stale but authentic delivery whose content is already stored is a harmless retry:
 /// count it and return the stored delivery's id.
-pub async fn touch_known(
-    pool: &PgPool,
-    content_sha256: &[u8; 32],
-) -> Result<Option<i64>, StoreError> {
+pub async fn touch_known(pool: &PgPool, content_sha256: &[u8; 32]) -> Result<Option<i64>, StoreError> {
     Ok(sqlx::query_scalar(
         "UPDATE singapay.deliveries
             SET times_received = times_received + 1, last_received_at = now()

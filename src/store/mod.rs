@@ -4,6 +4,7 @@
 
 mod deliveries;
 mod events;
+mod prune;
 mod transactions;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use sqlx::PgPool;
 
 pub use deliveries::{record, record_rejection, touch_known, Delivery, Rejection, Stored};
 pub use events::{event_id, EVENT_NAMESPACE_NAME};
+pub use prune::{prune, PruneReport};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -49,11 +51,7 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             // 08: connection exception; 40001/40P01: serialization failure/deadlock;
             // 53: insufficient resources; 57: operator intervention (shutdown, timeout).
-            c.starts_with("08")
-                || c == "40001"
-                || c == "40P01"
-                || c.starts_with("53")
-                || c.starts_with("57")
+            c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("53") || c.starts_with("57")
         }),
         _ => false,
     }
@@ -67,9 +65,8 @@ fn is_retryable_conflict(e: &sqlx::Error) -> bool {
 /// is away and recovers by itself when it returns.
 pub fn pool(database_url: &SecretString, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = database_url.expose_secret().parse()?;
-    let options = options
-        .application_name("singapay-webhooks")
-        .options([("statement_timeout", "15s"), ("lock_timeout", "10s")]);
+    let options =
+        options.application_name("singapay-webhooks").options([("statement_timeout", "15s"), ("lock_timeout", "10s")]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
@@ -81,8 +78,6 @@ pub fn pool(database_url: &SecretString, max_connections: u32) -> Result<PgPool,
 /// Whether every embedded migration has been applied successfully.
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
     let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await?;
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?;
     Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
 }

@@ -88,23 +88,13 @@ pub async fn apply(
                     .bind(ctx.delivery_id)
                     .execute(&mut *conn)
                     .await?;
-                    enqueue(
-                        conn,
-                        change,
-                        to_status,
-                        version + 1,
-                        Some(&current_status),
-                        ctx,
-                    )
-                    .await?;
+                    enqueue(conn, change, to_status, version + 1, Some(&current_status), ctx).await?;
                 }
                 return Ok(t);
             }
         }
     }
-    Err(sqlx::Error::Protocol(
-        "transaction row neither found nor created after 3 attempts".into(),
-    ))
+    Err(sqlx::Error::Protocol("transaction row neither found nor created after 3 attempts".into()))
 }
 
 async fn enqueue(

@@ -12,11 +12,7 @@ use crate::helpers::{fresh_database, seed_events};
 /// target/<profile>/examples/consumer, next to this test binary's deps/ directory.
 fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .to_path_buf();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
     let bin = profile_dir.join("examples").join("consumer");
     if !bin.is_file() {
         let status = Command::new(env!("CARGO"))
@@ -59,61 +55,41 @@ async fn the_example_consumer_survives_a_kill_mid_batch() {
     let (mut first, lines) = start(&url, "first", 150);
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        seen.push(
-            lines
-                .recv_timeout(Duration::from_secs(30))
-                .expect("first consumer handles events"),
-        );
+        seen.push(lines.recv_timeout(Duration::from_secs(30)).expect("first consumer handles events"));
     }
     first.kill().unwrap(); // SIGKILL: no chance to ack or give anything back
     first.wait().unwrap();
     while let Ok(l) = lines.try_recv() {
         seen.push(l);
     }
-    let done_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM singapay.transaction_events WHERE state = 'done'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let done_before: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.transaction_events WHERE state = 'done'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert!(done_before < 20, "killed mid-batch");
 
     let (mut second, lines) = start(&url, "second", 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM singapay.transaction_events WHERE state = 'done'",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.transaction_events WHERE state = 'done'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
         if done == 20 {
             break;
         }
         assert!(Instant::now() < deadline, "only {done} of 20 done");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(second.id().to_string())
-        .status()
-        .unwrap();
-    assert!(
-        second.wait().unwrap().success(),
-        "SIGTERM stops the consumer cleanly"
-    );
+    Command::new("kill").arg("-TERM").arg(second.id().to_string()).status().unwrap();
+    assert!(second.wait().unwrap().success(), "SIGTERM stops the consumer cleanly");
     seen.extend(lines.try_iter());
 
     let handled: Vec<&String> = seen.iter().filter(|l| l.starts_with("handled ")).collect();
     let unique: std::collections::HashSet<&&String> = handled.iter().collect();
-    assert_eq!(
-        handled.len(),
-        20,
-        "each event's side effect ran exactly once: {seen:#?}"
-    );
+    assert_eq!(handled.len(), 20, "each event's side effect ran exactly once: {seen:#?}");
     assert_eq!(unique.len(), 20);
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM consumer_example.handled")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM consumer_example.handled").fetch_one(&db).await.unwrap();
     assert_eq!(recorded, 20);
 }

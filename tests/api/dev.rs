@@ -49,19 +49,11 @@ pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
             psql_url = Some(rest.trim().to_owned());
         }
     }
-    Dev {
-        child,
-        secret: secret.unwrap(),
-        psql_url: psql_url.unwrap(),
-    }
+    Dev { child, secret: secret.unwrap(), psql_url: psql_url.unwrap() }
 }
 
 pub fn stop_dev(mut dev: Dev) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(dev.child.id().to_string())
-        .status()
-        .unwrap();
+    let status = Command::new("kill").arg("-TERM").arg(dev.child.id().to_string()).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -75,16 +67,8 @@ pub fn stop_dev(mut dev: Dev) {
 }
 
 fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .arg(url)
-        .args(["-At", "-c", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("psql").arg(url).args(["-At", "-c", sql]).output().expect("psql runs");
+    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -106,10 +90,7 @@ async fn post_signed(port: u16, secret: &str, body: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
-    let dir = tempfile::Builder::new()
-        .prefix("singapay-dev-")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("singapay-dev-").tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data_dir = dir.path().join(".data");
@@ -118,27 +99,15 @@ async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
     let dev = start_dev(&data_dir, port);
     let status = post_signed(port, &dev.secret, &payload("va-transaction")).await;
     assert_eq!(status, 200);
-    let rows = psql(
-        &dev.psql_url,
-        "SELECT webhook_type, transaction_key, status FROM singapay.deliveries",
-    );
-    assert_eq!(
-        rows.trim(),
-        "va-transaction|va:3211120260314091205518|succeeded"
-    );
+    let rows = psql(&dev.psql_url, "SELECT webhook_type, transaction_key, status FROM singapay.deliveries");
+    assert_eq!(rows.trim(), "va-transaction|va:3211120260314091205518|succeeded");
     let (secret, url) = (dev.secret.clone(), dev.psql_url.clone());
     stop_dev(dev);
 
     // Restarted: same secret, same data.
     let dev = start_dev(&data_dir, port);
-    assert_eq!(
-        (dev.secret.as_str(), dev.psql_url.as_str()),
-        (secret.as_str(), url.as_str())
-    );
-    assert_eq!(
-        post_signed(port, &dev.secret, &payload("disbursement")).await,
-        200
-    );
+    assert_eq!((dev.secret.as_str(), dev.psql_url.as_str()), (secret.as_str(), url.as_str()));
+    assert_eq!(post_signed(port, &dev.secret, &payload("disbursement")).await, 200);
     let n = psql(&dev.psql_url, "SELECT count(*) FROM singapay.deliveries");
     assert_eq!(n.trim(), "2");
     stop_dev(dev);

@@ -43,21 +43,15 @@ pub fn load_vectors() -> Vec<Vector> {
         vectors: Vec<Vector>,
     }
     let text = std::fs::read_to_string(fixtures().join("vectors.json")).expect("vectors.json");
-    serde_json::from_str::<File>(&text)
-        .expect("vectors.json parses")
-        .vectors
+    serde_json::from_str::<File>(&text).expect("vectors.json parses").vectors
 }
 
 pub fn payload(name: &str) -> String {
-    std::fs::read_to_string(fixtures().join("payloads").join(format!("{name}.json")))
-        .expect("payload fixture")
+    std::fs::read_to_string(fixtures().join("payloads").join(format!("{name}.json"))).expect("payload fixture")
 }
 
 pub fn credential(label: &str, secret: &str) -> Credential {
-    Credential {
-        label: label.to_owned(),
-        secret: secret.to_owned().into(),
-    }
+    Credential { label: label.to_owned(), secret: secret.to_owned().into() }
 }
 
 pub fn random_hex(bytes: usize) -> String {
@@ -113,20 +107,11 @@ fn with_database(url: &str, db: &str) -> String {
 pub async fn fresh_database() -> (String, PgPool) {
     let server = server_url();
     let name = format!("test_{}", random_hex(8));
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .expect("connect to test server");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
+    let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to test server");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
     admin.close().await.ok();
     let url = with_database(&server, &name);
-    let pool = PgPoolOptions::new()
-        .max_connections(5)
-        .connect(&url)
-        .await
-        .expect("connect to test database");
+    let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.expect("connect to test database");
     store::MIGRATOR.run(&pool).await.expect("migrate");
     (url, pool)
 }
@@ -170,20 +155,13 @@ impl TestApp {
         Self::spawn_on(database_url, db, adjust).await
     }
 
-    pub async fn spawn_on(
-        database_url: String,
-        db: PgPool,
-        adjust: impl FnOnce(&mut Settings),
-    ) -> TestApp {
+    pub async fn spawn_on(database_url: String, db: PgPool, adjust: impl FnOnce(&mut Settings)) -> TestApp {
         singapay_webhooks::telemetry::init_for_tests();
         let secret = format!("cs_test_{}", random_hex(12));
         let mut settings = default_settings(&secret);
         adjust(&mut settings);
-        let app_pool = store::pool(
-            &SecretString::from(database_url.clone()),
-            settings.db_max_connections,
-        )
-        .expect("app pool");
+        let app_pool =
+            store::pool(&SecretString::from(database_url.clone()), settings.db_max_connections).expect("app pool");
         let clock = Arc::new(AtomicI64::new(REAL_CLOCK));
         let mut state = AppState::new(app_pool, settings);
         let c = clock.clone();
@@ -194,22 +172,14 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
+            axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
         });
         TestApp {
             addr,
             db,
             secret,
             clock,
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         }
     }
 
@@ -230,11 +200,7 @@ impl TestApp {
         timestamp: Option<&str>,
         authorization: Option<&str>,
     ) -> Reply {
-        let mut req = self
-            .client
-            .post(self.url(endpoint))
-            .header("content-type", "application/json")
-            .body(body);
+        let mut req = self.client.post(self.url(endpoint)).header("content-type", "application/json").body(body);
         if let Some(s) = signature {
             req = req.header("x-signature", s);
         }
@@ -255,45 +221,23 @@ impl TestApp {
     }
 
     pub async fn send_at(&self, body: &str, timestamp: i64) -> Reply {
-        self.send_signed(DEFAULT_PATH, body, timestamp, &self.secret)
-            .await
+        self.send_signed(DEFAULT_PATH, body, timestamp, &self.secret).await
     }
 
-    pub async fn send_signed(
-        &self,
-        endpoint: &str,
-        body: &str,
-        timestamp: i64,
-        secret: &str,
-    ) -> Reply {
+    pub async fn send_signed(&self, endpoint: &str, body: &str, timestamp: i64, secret: &str) -> Reply {
         let token = random_hex(10);
         let ts = timestamp.to_string();
         let sig = sign_php(secret, endpoint, &token, body, &ts);
-        self.post_raw(
-            endpoint,
-            body.to_owned(),
-            Some(&sig),
-            Some(&ts),
-            Some(&format!("Bearer {token}")),
-        )
-        .await
+        self.post_raw(endpoint, body.to_owned(), Some(&sig), Some(&ts), Some(&format!("Bearer {token}"))).await
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM singapay.{table}"))
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
+        sqlx::query_scalar(&format!("SELECT count(*) FROM singapay.{table}")).fetch_one(&self.db).await.unwrap()
     }
 
     pub async fn total_rows(&self) -> i64 {
         let mut n = 0;
-        for t in [
-            "deliveries",
-            "transactions",
-            "transaction_events",
-            "rejected_deliveries",
-        ] {
+        for t in ["deliveries", "transactions", "transaction_events", "rejected_deliveries"] {
             n += self.count(t).await;
         }
         n
@@ -315,13 +259,7 @@ pub fn sign_php(secret: &str, endpoint: &str, token: &str, body: &str, ts: &str)
 }
 
 pub fn sign_raw(secret: &str, endpoint: &str, token: &str, body: &[u8], ts: &str) -> String {
-    signature::sign(
-        &SecretString::from(secret.to_owned()),
-        endpoint.as_bytes(),
-        token.as_bytes(),
-        body,
-        ts.as_bytes(),
-    )
+    signature::sign(&SecretString::from(secret.to_owned()), endpoint.as_bytes(), token.as_bytes(), body, ts.as_bytes())
 }
 
 #[derive(Debug)]
@@ -337,11 +275,7 @@ impl Reply {
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
         let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        Reply {
-            status,
-            headers,
-            json,
-        }
+        Reply { status, headers, json }
     }
 
     pub fn error_code(&self) -> &str {
@@ -349,24 +283,17 @@ impl Reply {
     }
 
     pub fn delivery_id(&self) -> i64 {
-        self.json["delivery_id"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("no delivery_id in {:?}", self.json))
+        self.json["delivery_id"].as_i64().unwrap_or_else(|| panic!("no delivery_id in {:?}", self.json))
     }
 
     pub fn duplicate(&self) -> bool {
-        self.json["duplicate"]
-            .as_bool()
-            .unwrap_or_else(|| panic!("no duplicate flag in {:?}", self.json))
+        self.json["duplicate"].as_bool().unwrap_or_else(|| panic!("no duplicate flag in {:?}", self.json))
     }
 }
 
 /// A private cluster for a test that must stop and start Postgres itself.
 pub fn private_cluster() -> (tempfile::TempDir, Cluster) {
-    let dir = tempfile::Builder::new()
-        .prefix("singapay-pg-")
-        .tempdir_in(std::env::temp_dir())
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("singapay-pg-").tempdir_in(std::env::temp_dir()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let cluster = Cluster::open(&dir.path().join("pg"), false).expect("open private cluster");
@@ -377,11 +304,7 @@ pub fn private_cluster() -> (tempfile::TempDir, Cluster) {
 pub async fn database_on(cluster: &Cluster, name: &str) -> (String, PgPool) {
     embedded_pg::ensure_database(cluster, name).await.unwrap();
     let url = cluster.url(name);
-    let pool = PgPoolOptions::new()
-        .max_connections(3)
-        .connect(&url)
-        .await
-        .unwrap();
+    let pool = PgPoolOptions::new().max_connections(3).connect(&url).await.unwrap();
     store::MIGRATOR.run(&pool).await.unwrap();
     (url, pool)
 }

@@ -7,14 +7,7 @@ async fn send_raw_signed(app: &TestApp, body: Vec<u8>) -> crate::helpers::Reply 
     let ts = now().to_string();
     let token = random_hex(8);
     let sig = sign_raw(&app.secret, DEFAULT_PATH, &token, &body, &ts);
-    app.post_raw(
-        DEFAULT_PATH,
-        body,
-        Some(&sig),
-        Some(&ts),
-        Some(&format!("Bearer {token}")),
-    )
-    .await
+    app.post_raw(DEFAULT_PATH, body, Some(&sig), Some(&ts), Some(&format!("Bearer {token}"))).await
 }
 
 #[tokio::test]
@@ -30,54 +23,20 @@ async fn missing_or_malformed_signature_headers_are_refused_without_rows() {
         (Some(""), Some(ts.as_str()), Some("Bearer tok")),
         (Some(sig.as_str()), Some(ts.as_str()), Some("Bearer ")),
     ] {
-        let r = app
-            .post_raw(DEFAULT_PATH, body.clone(), sig_h, ts_h, auth_h)
-            .await;
-        assert_eq!(
-            (r.status, r.error_code()),
-            (401, "missing_signature_headers"),
-            "{sig_h:?} {ts_h:?} {auth_h:?}"
-        );
+        let r = app.post_raw(DEFAULT_PATH, body.clone(), sig_h, ts_h, auth_h).await;
+        assert_eq!((r.status, r.error_code()), (401, "missing_signature_headers"), "{sig_h:?} {ts_h:?} {auth_h:?}");
         assert_eq!(r.json["error"]["type"], "authentication_error");
     }
     for bad_ts in ["17743e9", "-1", "1.5", "9999999999999999999999", "now"] {
-        let r = app
-            .post_raw(
-                DEFAULT_PATH,
-                body.clone(),
-                Some(&sig),
-                Some(bad_ts),
-                Some("Bearer tok"),
-            )
-            .await;
-        assert_eq!(
-            (r.status, r.error_code()),
-            (401, "invalid_timestamp"),
-            "{bad_ts}"
-        );
+        let r = app.post_raw(DEFAULT_PATH, body.clone(), Some(&sig), Some(bad_ts), Some("Bearer tok")).await;
+        assert_eq!((r.status, r.error_code()), (401, "invalid_timestamp"), "{bad_ts}");
     }
     for bad_sig in ["zz", "00", &"a".repeat(128), &sig[..127]] {
-        let r = app
-            .post_raw(
-                DEFAULT_PATH,
-                body.clone(),
-                Some(bad_sig),
-                Some(&ts),
-                Some("Bearer tok"),
-            )
-            .await;
+        let r = app.post_raw(DEFAULT_PATH, body.clone(), Some(bad_sig), Some(&ts), Some("Bearer tok")).await;
         assert_eq!((r.status, r.error_code()), (401, "signature_invalid"));
     }
     // Upper-case hex and a lower-case "bearer" are the same signature and token.
-    let r = app
-        .post_raw(
-            DEFAULT_PATH,
-            body.clone(),
-            Some(&sig.to_uppercase()),
-            Some(&ts),
-            Some("bearer   tok"),
-        )
-        .await;
+    let r = app.post_raw(DEFAULT_PATH, body.clone(), Some(&sig.to_uppercase()), Some(&ts), Some("bearer   tok")).await;
     assert_eq!(r.status, 200, "{:?}", r.json);
     assert_eq!(app.count("deliveries").await, 1);
 }
@@ -120,15 +79,8 @@ async fn oversized_bodies_are_refused_while_reading() {
     assert_eq!((r.status, r.error_code()), (413, "body_too_large"));
     // Chunked, with no Content-Length to refuse early on.
     let stream = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));
-    let r = app
-        .post_raw(
-            DEFAULT_PATH,
-            reqwest::Body::wrap_stream(stream),
-            Some("ab"),
-            Some("1"),
-            Some("Bearer x"),
-        )
-        .await;
+    let r =
+        app.post_raw(DEFAULT_PATH, reqwest::Body::wrap_stream(stream), Some("ab"), Some("1"), Some("Bearer x")).await;
     assert_eq!((r.status, r.error_code()), (413, "body_too_large"));
     assert_eq!(app.total_rows().await, 0);
 }
@@ -154,34 +106,18 @@ async fn bytes_postgres_refuses_are_still_stored() {
     // The 5000-digit id is not a usable key: stored, acknowledged, not applied.
     assert_eq!(outcome, "unrecognised");
     assert_eq!(event, "va-transaction\u{FFFD}");
-    let stored_body: Vec<u8> = sqlx::query_scalar("SELECT body FROM singapay.deliveries")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let stored_body: Vec<u8> =
+        sqlx::query_scalar("SELECT body FROM singapay.deliveries").fetch_one(&app.db).await.unwrap();
     assert_eq!(stored_body, body.as_bytes(), "the exact bytes are kept");
 }
 
 #[tokio::test]
 async fn a_bad_signature_never_writes() {
     let app = TestApp::spawn().await;
-    let r = app
-        .send_signed(
-            DEFAULT_PATH,
-            &payload("disbursement"),
-            now(),
-            "some-other-secret",
-        )
-        .await;
+    let r = app.send_signed(DEFAULT_PATH, &payload("disbursement"), now(), "some-other-secret").await;
     assert_eq!((r.status, r.error_code()), (401, "signature_invalid"));
     // Stale and wrongly signed: still only signature_invalid, and nothing recorded.
-    let r = app
-        .send_signed(
-            DEFAULT_PATH,
-            &payload("disbursement"),
-            now() - 3600,
-            "some-other-secret",
-        )
-        .await;
+    let r = app.send_signed(DEFAULT_PATH, &payload("disbursement"), now() - 3600, "some-other-secret").await;
     assert_eq!((r.status, r.error_code()), (401, "signature_invalid"));
     assert_eq!(app.total_rows().await, 0);
 }

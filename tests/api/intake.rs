@@ -45,24 +45,10 @@ async fn events_for(app: &TestApp, key: &str) -> Vec<(i32, Option<String>, Strin
 /// Expected values read off the sample bodies in tests/fixtures/payloads (Singapay's
 /// documented shapes), not from this code.
 /// (file, webhook_type, transaction_key, status, response_code, transaction_status_code)
-type Sample = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    Option<&'static str>,
-    Option<&'static str>,
-);
+type Sample = (&'static str, &'static str, &'static str, &'static str, Option<&'static str>, Option<&'static str>);
 
 const SINGLE_SAMPLES: &[Sample] = &[
-    (
-        "va-transaction",
-        "va-transaction",
-        "va:3211120260314091205518",
-        "succeeded",
-        None,
-        None,
-    ),
+    ("va-transaction", "va-transaction", "va:3211120260314091205518", "succeeded", None, None),
     (
         "qris-acquirer-transaction",
         "qris-acquirer-transaction",
@@ -111,38 +97,10 @@ const SINGLE_SAMPLES: &[Sample] = &[
         Some("SP000"),
         Some("00"),
     ),
-    (
-        "qris-issuer",
-        "qris-issuer",
-        "qris_issuer:1420331222026031809100035581744",
-        "failed",
-        Some("SP001"),
-        Some("06"),
-    ),
-    (
-        "settlement",
-        "settlement",
-        "settlement:SETTLEMENT-57-K4Q9ZT",
-        "completed",
-        None,
-        None,
-    ),
-    (
-        "subscription-cycle",
-        "subscription-cycle",
-        "subscription_bill:BILL-20260401-00418-02",
-        "failed",
-        None,
-        None,
-    ),
-    (
-        "direct-debit",
-        "direct-debit",
-        "direct_debit:6f1d2c3b-8a4e-4f7a-9b21-3c5d7e9f0a12",
-        "active",
-        None,
-        None,
-    ),
+    ("qris-issuer", "qris-issuer", "qris_issuer:1420331222026031809100035581744", "failed", Some("SP001"), Some("06")),
+    ("settlement", "settlement", "settlement:SETTLEMENT-57-K4Q9ZT", "completed", None, None),
+    ("subscription-cycle", "subscription-cycle", "subscription_bill:BILL-20260401-00418-02", "failed", None, None),
+    ("direct-debit", "direct-debit", "direct_debit:6f1d2c3b-8a4e-4f7a-9b21-3c5d7e9f0a12", "active", None, None),
 ];
 
 #[tokio::test]
@@ -160,13 +118,11 @@ async fn every_sample_is_accepted_and_classified() {
         assert_eq!(d.transaction_status_code.as_deref(), *tsc, "{file}");
         assert_eq!(d.signature_form, "php");
         assert_eq!(d.credential, "primary");
-        let current: String = sqlx::query_scalar(
-            "SELECT status FROM singapay.transactions WHERE transaction_key = $1",
-        )
-        .bind(key)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+        let current: String = sqlx::query_scalar("SELECT status FROM singapay.transactions WHERE transaction_key = $1")
+            .bind(key)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
         if *file == "payment-link-inquiry" {
             // Sent after the paid callback for the same attempt: a late "pending" is stale.
             assert_eq!(d.outcome, "stale");
@@ -184,33 +140,21 @@ async fn every_sample_is_accepted_and_classified() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!(
-        (rc.as_str(), tsc.as_str(), st.as_str(), amount.as_str()),
-        ("SP001", "06", "failed", "30000.00")
-    );
+    assert_eq!((rc.as_str(), tsc.as_str(), st.as_str(), amount.as_str()), ("SP001", "06", "failed", "30000.00"));
     let (amount, merchant_ref): (String, String) = sqlx::query_as(
         "SELECT amount::text, merchant_reference FROM singapay.transactions WHERE transaction_key = 'va:3211120260314091205518'",
     )
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!(
-        (amount.as_str(), merchant_ref.as_str()),
-        ("245000", "ORD-77310-A")
-    );
+    assert_eq!((amount.as_str(), merchant_ref.as_str()), ("245000", "ORD-77310-A"));
 }
 
 #[tokio::test]
 async fn expiration_batches_produce_one_state_change_per_item() {
     let app = TestApp::spawn().await;
     for (file, keys) in [
-        (
-            "product-expiration",
-            vec![
-                "payment_link:INV-2026-03-0902",
-                "qris:6601KA1B2C3D4E5F6G7H8J9K0M",
-            ],
-        ),
+        ("product-expiration", vec!["payment_link:INV-2026-03-0902", "qris:6601KA1B2C3D4E5F6G7H8J9K0M"]),
         (
             "transaction-expiration",
             vec![
@@ -239,24 +183,16 @@ async fn expiration_batches_produce_one_state_change_per_item() {
 #[tokio::test]
 async fn unknown_events_and_unusable_fields_are_stored_as_unrecognised() {
     let app = TestApp::spawn().await;
-    let r = app
-        .send(r#"{"status":200,"success":true,"event":"kyb-result","data":{"id":1}}"#)
-        .await;
+    let r = app.send(r#"{"status":200,"success":true,"event":"kyb-result","data":{"id":1}}"#).await;
     assert_eq!(r.status, 200);
     let d = delivery(&app, r.delivery_id()).await;
-    assert_eq!(
-        (d.webhook_type.as_str(), d.outcome.as_str()),
-        ("unknown", "unrecognised")
-    );
+    assert_eq!((d.webhook_type.as_str(), d.outcome.as_str()), ("unknown", "unrecognised"));
     assert_eq!(d.event.as_deref(), Some("kyb-result"));
     // A known type whose id has the wrong type: authentic, acknowledged, never applied.
     let r = app.send(r#"{"event":"disbursement","response_code":"SP000","data":{"transaction_id":[1],"transaction_status":{"code":"00"}}}"#).await;
     assert_eq!(r.status, 200);
     let d = delivery(&app, r.delivery_id()).await;
-    assert_eq!(
-        (d.webhook_type.as_str(), d.outcome.as_str()),
-        ("disbursement", "unrecognised")
-    );
+    assert_eq!((d.webhook_type.as_str(), d.outcome.as_str()), ("disbursement", "unrecognised"));
     assert_eq!(app.count("transactions").await, 0);
     assert_eq!(app.count("transaction_events").await, 0);
 }
@@ -276,9 +212,7 @@ async fn a_retry_is_a_duplicate_not_a_second_row() {
     assert_eq!(delivery(&app, first.delivery_id()).await.times_received, 2);
     assert_eq!(app.count("transaction_events").await, 1);
     // A re-serialised retry (other whitespace and key order) is the same content.
-    let reordered =
-        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&body).unwrap())
-            .unwrap();
+    let reordered = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&body).unwrap()).unwrap();
     let third = app.send(&reordered).await;
     assert!(third.duplicate(), "{:?}", third.json);
     assert_eq!(app.count("deliveries").await, 1);
@@ -309,9 +243,7 @@ async fn disbursement_sequence_versions_and_a_late_pending_is_stale() {
     let key = format!("disbursement:{id}");
     let mut outcomes = Vec::new();
     for (i, code) in ["01", "03", "00", "03"].iter().enumerate() {
-        let r = app
-            .send(&disbursement(id, "SP000", code, &format!("step {i}")))
-            .await;
+        let r = app.send(&disbursement(id, "SP000", code, &format!("step {i}"))).await;
         assert_eq!(r.status, 200, "{:?}", r.json);
         outcomes.push(delivery(&app, r.delivery_id()).await.outcome);
     }
@@ -324,41 +256,22 @@ async fn disbursement_sequence_versions_and_a_late_pending_is_stale() {
             (3, Some("pending".to_owned()), "succeeded".to_owned()),
         ]
     );
-    let (status, version): (String, i32) = sqlx::query_as(
-        "SELECT status, version FROM singapay.transactions WHERE transaction_key = $1",
-    )
-    .bind(&key)
-    .fetch_one(&app.db)
-    .await
-    .unwrap();
+    let (status, version): (String, i32) =
+        sqlx::query_as("SELECT status, version FROM singapay.transactions WHERE transaction_key = $1")
+            .bind(&key)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
     assert_eq!((status.as_str(), version), ("succeeded", 3));
 }
 
 #[tokio::test]
 async fn request_codes_never_decide_the_payment_state() {
     let app = TestApp::spawn().await;
-    let r = app
-        .send(&disbursement(
-            "900000000000000000000000000001",
-            "SP000",
-            "01",
-            "a",
-        ))
-        .await;
+    let r = app.send(&disbursement("900000000000000000000000000001", "SP000", "01", "a")).await;
     let d = delivery(&app, r.delivery_id()).await;
-    assert_eq!(
-        d.status.as_deref(),
-        Some("initiated"),
-        "SP000 + 01 is initiated, never succeeded"
-    );
-    let r = app
-        .send(&disbursement(
-            "900000000000000000000000000002",
-            "SP001",
-            "06",
-            "b",
-        ))
-        .await;
+    assert_eq!(d.status.as_deref(), Some("initiated"), "SP000 + 01 is initiated, never succeeded");
+    let r = app.send(&disbursement("900000000000000000000000000002", "SP001", "06", "b")).await;
     let d = delivery(&app, r.delivery_id()).await;
     assert_eq!(d.status.as_deref(), Some("failed"));
     assert_eq!(d.response_code.as_deref(), Some("SP001"));
@@ -389,11 +302,7 @@ async fn terminal_to_terminal_is_a_conflict_and_success_to_refund_is_applied() {
     let r = app.send(&disbursement(id, "SP000", "04", "3")).await;
     assert_eq!(delivery(&app, r.delivery_id()).await.outcome, "applied");
     let key = format!("disbursement:{id}");
-    let to: Vec<String> = events_for(&app, &key)
-        .await
-        .into_iter()
-        .map(|e| e.2)
-        .collect();
+    let to: Vec<String> = events_for(&app, &key).await.into_iter().map(|e| e.2).collect();
     assert_eq!(to, ["succeeded", "refunded"]);
 }
 
@@ -413,10 +322,8 @@ async fn stale_timestamps_duplicate_known_content_and_refuse_new_content() {
     let r = app.send_at(&fresh_content, now() + 900).await;
     assert_eq!((r.status, r.error_code()), (401, "stale_timestamp"));
     assert_eq!(app.count("rejected_deliveries").await, 1);
-    let times: i32 = sqlx::query_scalar("SELECT times_received FROM singapay.rejected_deliveries")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let times: i32 =
+        sqlx::query_scalar("SELECT times_received FROM singapay.rejected_deliveries").fetch_one(&app.db).await.unwrap();
     assert_eq!(times, 2);
     assert_eq!(app.count("deliveries").await, 1);
 }
@@ -430,31 +337,18 @@ async fn the_dashboard_test_ping_is_acknowledged_and_not_stored() {
     assert_eq!(r.json["test"], true);
     assert_eq!(app.total_rows().await, 0);
     // Anything else without signature headers is refused.
-    let r = app
-        .post_raw(DEFAULT_PATH, payload("va-transaction"), None, None, None)
-        .await;
-    assert_eq!(
-        (r.status, r.error_code()),
-        (401, "missing_signature_headers")
-    );
+    let r = app.post_raw(DEFAULT_PATH, payload("va-transaction"), None, None, None).await;
+    assert_eq!((r.status, r.error_code()), (401, "missing_signature_headers"));
 }
 
 #[tokio::test]
 async fn sub_paths_and_several_credentials_are_accepted() {
     let app = TestApp::spawn_with(|s| {
-        s.credentials.push(crate::helpers::credential(
-            "default-credential",
-            "the-default-secret",
-        ));
+        s.credentials.push(crate::helpers::credential("default-credential", "the-default-secret"));
     })
     .await;
     let r = app
-        .send_signed(
-            "/webhooks/singapay/money-out?src=sp",
-            &payload("disbursement"),
-            now(),
-            "the-default-secret",
-        )
+        .send_signed("/webhooks/singapay/money-out?src=sp", &payload("disbursement"), now(), "the-default-secret")
         .await;
     assert_eq!(r.status, 200, "{:?}", r.json);
     let (cred, path): (String, String) =
@@ -463,69 +357,32 @@ async fn sub_paths_and_several_credentials_are_accepted() {
             .fetch_one(&app.db)
             .await
             .unwrap();
-    assert_eq!(
-        (cred.as_str(), path.as_str()),
-        ("default-credential", "/webhooks/singapay/money-out?src=sp")
-    );
+    assert_eq!((cred.as_str(), path.as_str()), ("default-credential", "/webhooks/singapay/money-out?src=sp"));
 }
 
 #[tokio::test]
 async fn a_rewritten_path_verifies_against_the_signed_prefix() {
-    let app =
-        TestApp::spawn_with(|s| s.signed_path_prefix = Some("/payments/hooks/sp".into())).await;
+    let app = TestApp::spawn_with(|s| s.signed_path_prefix = Some("/payments/hooks/sp".into())).await;
     let body = payload("va-transaction");
     let token = "tok123";
     let ts = now().to_string();
     // Singapay signed the public path; the proxy delivered it to WEBHOOK_PATH.
     let sig = crate::helpers::sign_php(&app.secret, "/payments/hooks/sp/va?x=1", token, &body, &ts);
-    let r = app
-        .post_raw(
-            "/webhooks/singapay/va?x=1",
-            body.clone(),
-            Some(&sig),
-            Some(&ts),
-            Some("Bearer tok123"),
-        )
-        .await;
+    let r = app.post_raw("/webhooks/singapay/va?x=1", body.clone(), Some(&sig), Some(&ts), Some("Bearer tok123")).await;
     assert_eq!(r.status, 200, "{:?}", r.json);
     let sig = crate::helpers::sign_php(&app.secret, "/webhooks/singapay/va?x=1", token, &body, &ts);
-    let r = app
-        .post_raw(
-            "/webhooks/singapay/va?x=1",
-            body,
-            Some(&sig),
-            Some(&ts),
-            Some("Bearer tok123"),
-        )
-        .await;
+    let r = app.post_raw("/webhooks/singapay/va?x=1", body, Some(&sig), Some(&ts), Some("Bearer tok123")).await;
     assert_eq!((r.status, r.error_code()), (401, "signature_invalid"));
 }
 
 #[tokio::test]
 async fn routes_never_redirect() {
     let app = TestApp::spawn().await;
-    let r = app
-        .client
-        .get(app.url("/webhooks/singapay/"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/webhooks/singapay/")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
-    let r = app
-        .client
-        .post(app.url("/webhooks/singapayx"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(app.url("/webhooks/singapayx")).body("{}").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
-    let r = app
-        .client
-        .post(app.url("/webhooks/singapay/"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(app.url("/webhooks/singapay/")).body("{}").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let r = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

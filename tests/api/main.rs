@@ -1,4 +1,5 @@
 mod concurrency;
+mod configuration;
 mod consumer_example;
 mod dev;
 mod docs;
@@ -6,5 +7,6 @@ mod helpers;
 mod hostile;
 mod intake;
 mod outage;
+mod process;
 mod queue;
 mod vectors;

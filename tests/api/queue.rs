@@ -24,11 +24,7 @@ async fn states(db: &PgPool) -> HashMap<String, i64> {
 async fn eight_consumers_share_ten_thousand_events_without_overlap_and_in_order() {
     let (_url, db) = fresh_database().await;
     seed_events(&db, 2000, 5).await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&_url)
-        .await
-        .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(10).connect(&_url).await.unwrap();
 
     // Who holds which event right now, every claim ever made, and per transaction the
     // order in which versions were finished.
@@ -37,15 +33,12 @@ async fn eight_consumers_share_ten_thousand_events_without_overlap_and_in_order(
     let finished: Arc<Mutex<HashMap<String, Vec<i32>>>> = Arc::default();
     let mut tasks = Vec::new();
     for c in 0..8 {
-        let (pool, held, claims, finished) =
-            (pool.clone(), held.clone(), claims.clone(), finished.clone());
+        let (pool, held, claims, finished) = (pool.clone(), held.clone(), claims.clone(), finished.clone());
         tasks.push(tokio::spawn(async move {
             let name = format!("consumer-{c}");
             let mut idle = 0;
             while idle < 20 {
-                let batch = queue::claim(&pool, &name, 100, Duration::from_secs(120))
-                    .await
-                    .unwrap();
+                let batch = queue::claim(&pool, &name, 100, Duration::from_secs(120)).await.unwrap();
                 if batch.is_empty() {
                     idle += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -54,32 +47,15 @@ async fn eight_consumers_share_ten_thousand_events_without_overlap_and_in_order(
                 idle = 0;
                 for ev in &batch {
                     let prev = held.lock().unwrap().insert(ev.id, name.clone());
-                    assert!(
-                        prev.is_none(),
-                        "event {} handed to {name} while {prev:?} held it",
-                        ev.id
-                    );
+                    assert!(prev.is_none(), "event {} handed to {name} while {prev:?} held it", ev.id);
                     claims.lock().unwrap().push(ev.id);
                 }
-                let keys: HashSet<&str> =
-                    batch.iter().map(|e| e.transaction_key.as_str()).collect();
-                assert_eq!(
-                    keys.len(),
-                    batch.len(),
-                    "one version per transaction in a batch"
-                );
+                let keys: HashSet<&str> = batch.iter().map(|e| e.transaction_key.as_str()).collect();
+                assert_eq!(keys.len(), batch.len(), "one version per transaction in a batch");
                 for ev in &batch {
-                    finished
-                        .lock()
-                        .unwrap()
-                        .entry(ev.transaction_key.clone())
-                        .or_default()
-                        .push(ev.version);
+                    finished.lock().unwrap().entry(ev.transaction_key.clone()).or_default().push(ev.version);
                     held.lock().unwrap().remove(&ev.id);
-                    assert!(
-                        queue::ack(&pool, ev.id, &name).await.unwrap(),
-                        "ack of a live lease succeeds"
-                    );
+                    assert!(queue::ack(&pool, ev.id, &name).await.unwrap(), "ack of a live lease succeeds");
                 }
             }
         }));
@@ -91,64 +67,34 @@ async fn eight_consumers_share_ten_thousand_events_without_overlap_and_in_order(
     assert_eq!(claims.len(), 10_000, "every event handed out exactly once");
     assert_eq!(claims.iter().collect::<HashSet<_>>().len(), 10_000);
     for (key, versions) in finished.lock().unwrap().iter() {
-        assert_eq!(
-            versions,
-            &vec![1, 2, 3, 4, 5],
-            "{key} finished out of order"
-        );
+        assert_eq!(versions, &vec![1, 2, 3, 4, 5], "{key} finished out of order");
     }
     let s = states(&db).await;
-    assert_eq!(
-        (s["done"], s["available"], s["running"], s["dead"]),
-        (10_000, 0, 0, 0)
-    );
+    assert_eq!((s["done"], s["available"], s["running"], s["dead"]), (10_000, 0, 0, 0));
 }
 
 #[tokio::test]
 async fn an_expired_lease_is_claimed_again_and_the_late_ack_is_fenced_off() {
     let (_url, db) = fresh_database().await;
     seed_events(&db, 10, 1).await;
-    let first = queue::claim(&db, "crashed", 10, Duration::from_millis(300))
-        .await
-        .unwrap();
+    let first = queue::claim(&db, "crashed", 10, Duration::from_millis(300)).await.unwrap();
     assert_eq!(first.len(), 10);
     assert!(
-        queue::claim(&db, "other", 10, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .is_empty(),
+        queue::claim(&db, "other", 10, Duration::from_secs(60)).await.unwrap().is_empty(),
         "leased events are not handed out twice"
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
 
-    let second = queue::claim(&db, "survivor", 10, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(
-        second.iter().map(|e| e.id).collect::<Vec<_>>(),
-        first.iter().map(|e| e.id).collect::<Vec<_>>()
-    );
+    let second = queue::claim(&db, "survivor", 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(second.iter().map(|e| e.id).collect::<Vec<_>>(), first.iter().map(|e| e.id).collect::<Vec<_>>());
     assert!(second.iter().all(|e| e.attempts == 2));
     for ev in &first {
-        assert!(
-            !queue::ack(&db, ev.id, "crashed").await.unwrap(),
-            "the stale consumer's ack is refused"
-        );
-        assert!(!queue::nack(&db, ev.id, "crashed", "late", Duration::ZERO)
-            .await
-            .unwrap());
+        assert!(!queue::ack(&db, ev.id, "crashed").await.unwrap(), "the stale consumer's ack is refused");
+        assert!(!queue::nack(&db, ev.id, "crashed", "late", Duration::ZERO).await.unwrap());
     }
     let owners: Vec<(String, String)> =
-        sqlx::query_as("SELECT state, locked_by FROM singapay.transaction_events")
-            .fetch_all(&db)
-            .await
-            .unwrap();
-    assert!(
-        owners
-            .iter()
-            .all(|(s, by)| s == "running" && by == "survivor"),
-        "the late ack changed nothing"
-    );
+        sqlx::query_as("SELECT state, locked_by FROM singapay.transaction_events").fetch_all(&db).await.unwrap();
+    assert!(owners.iter().all(|(s, by)| s == "running" && by == "survivor"), "the late ack changed nothing");
     for ev in &second {
         assert!(queue::ack(&db, ev.id, "survivor").await.unwrap());
     }
@@ -159,10 +105,7 @@ async fn an_expired_lease_is_claimed_again_and_the_late_ack_is_fenced_off() {
 async fn a_lease_that_expired_unclaimed_cannot_be_acked() {
     let (_url, db) = fresh_database().await;
     seed_events(&db, 1, 1).await;
-    let ev = queue::claim(&db, "slow", 1, Duration::from_millis(200))
-        .await
-        .unwrap()
-        .remove(0);
+    let ev = queue::claim(&db, "slow", 1, Duration::from_millis(200)).await.unwrap().remove(0);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!queue::ack(&db, ev.id, "slow").await.unwrap());
 }
@@ -171,22 +114,12 @@ async fn a_lease_that_expired_unclaimed_cannot_be_acked() {
 async fn nack_backs_off_exponentially_and_the_last_attempt_goes_dead() {
     let (_url, db) = fresh_database().await;
     seed_events(&db, 1, 1).await;
-    sqlx::query("UPDATE singapay.transaction_events SET max_attempts = 3")
-        .execute(&db)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE singapay.transaction_events SET max_attempts = 3").execute(&db).await.unwrap();
     let base = Duration::from_millis(400);
     for attempt in 1..=3 {
-        let ev = queue::claim(&db, "worker", 1, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .remove(0);
+        let ev = queue::claim(&db, "worker", 1, Duration::from_secs(60)).await.unwrap().remove(0);
         assert_eq!(ev.attempts, attempt);
-        assert!(
-            queue::nack(&db, ev.id, "worker", &format!("boom {attempt}"), base)
-                .await
-                .unwrap()
-        );
+        assert!(queue::nack(&db, ev.id, "worker", &format!("boom {attempt}"), base).await.unwrap());
         if attempt == 3 {
             break;
         }
@@ -202,36 +135,24 @@ async fn nack_backs_off_exponentially_and_the_last_attempt_goes_dead() {
             "attempt {attempt}: waits {wait_ms} ms, expected ~{expected}"
         );
         assert!(
-            queue::claim(&db, "worker", 1, Duration::from_secs(60))
-                .await
-                .unwrap()
-                .is_empty(),
+            queue::claim(&db, "worker", 1, Duration::from_secs(60)).await.unwrap().is_empty(),
             "not claimable before available_at"
         );
         tokio::time::sleep(Duration::from_millis(expected as u64 + 50)).await;
     }
     let (state, error): (String, String) =
-        sqlx::query_as("SELECT state, last_error FROM singapay.transaction_events")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        sqlx::query_as("SELECT state, last_error FROM singapay.transaction_events").fetch_one(&db).await.unwrap();
     assert_eq!((state.as_str(), error.as_str()), ("dead", "boom 3"));
     assert_eq!(states(&db).await["dead"], 1, "visible in queue_health");
-    assert!(queue::claim(&db, "worker", 1, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(queue::claim(&db, "worker", 1, Duration::from_secs(60)).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn claim_refuses_nonsense_arguments() {
     let (_url, db) = fresh_database().await;
-    for (consumer, batch, lease) in [
-        ("", 1, "1 minute"),
-        ("c", 0, "1 minute"),
-        ("c", 1, "0 seconds"),
-        ("c", 20000, "1 minute"),
-    ] {
+    for (consumer, batch, lease) in
+        [("", 1, "1 minute"), ("c", 0, "1 minute"), ("c", 1, "0 seconds"), ("c", 20000, "1 minute")]
+    {
         let r = sqlx::query("SELECT * FROM singapay.claim_events($1, $2, $3::interval)")
             .bind(consumer)
             .bind(batch)
@@ -246,24 +167,17 @@ async fn claim_refuses_nonsense_arguments() {
 async fn listen_wakes_a_waiting_consumer_as_soon_as_a_callback_commits() {
     let app = TestApp::spawn().await;
     // A 60 s poll: only the notification can explain a quick wake-up.
-    let mut waiter = Waiter::new(&app.db, true, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let mut waiter = Waiter::new(&app.db, true, Duration::from_secs(60)).await.unwrap();
     let db = app.db.clone();
     let consumer = tokio::spawn(async move {
         let started = Instant::now();
         let woken = waiter.wait().await;
-        let events = queue::claim(&db, "listener", 10, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let events = queue::claim(&db, "listener", 10, Duration::from_secs(30)).await.unwrap();
         (woken, started.elapsed(), events)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.send(&payload("va-transaction")).await.status, 200);
-    let (woken, elapsed, events) = tokio::time::timeout(Duration::from_secs(30), consumer)
-        .await
-        .unwrap()
-        .unwrap();
+    let (woken, elapsed, events) = tokio::time::timeout(Duration::from_secs(30), consumer).await.unwrap().unwrap();
     assert!(woken, "woken by NOTIFY");
     assert!(elapsed < Duration::from_secs(10), "woke after {elapsed:?}");
     assert_eq!(events.len(), 1);
@@ -274,22 +188,15 @@ async fn listen_wakes_a_waiting_consumer_as_soon_as_a_callback_commits() {
 async fn without_notify_polling_still_delivers() {
     let app = TestApp::spawn().await;
     // As through a transaction-mode pooler: no LISTEN at all.
-    let mut waiter = Waiter::new(&app.db, false, Duration::from_millis(200))
-        .await
-        .unwrap();
+    let mut waiter = Waiter::new(&app.db, false, Duration::from_millis(200)).await.unwrap();
     assert_eq!(app.send(&payload("disbursement")).await.status, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     let events = loop {
-        let events = queue::claim(&app.db, "poller", 10, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let events = queue::claim(&app.db, "poller", 10, Duration::from_secs(30)).await.unwrap();
         if !events.is_empty() || Instant::now() > deadline {
             break events;
         }
-        assert!(
-            !waiter.wait().await,
-            "a polling waiter is never woken by a notification"
-        );
+        assert!(!waiter.wait().await, "a polling waiter is never woken by a notification");
     };
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].to_status, "succeeded");
@@ -342,31 +249,19 @@ async fn history_and_inquiry_views_answer_what_happened() {
     .unwrap();
     assert_eq!(
         history,
-        vec![
-            (1, None, "initiated".into(), first),
-            (2, Some("initiated".into()), "succeeded".into(), second)
-        ]
+        vec![(1, None, "initiated".into(), first), (2, Some("initiated".into()), "succeeded".into(), second)]
     );
-    let inquiry =
-        r#"{"response_code":"SP002","event":"disbursement","data":{"transaction_id":"77"}}"#;
+    let inquiry = r#"{"response_code":"SP002","event":"disbursement","data":{"transaction_id":"77"}}"#;
     let id = app.send(inquiry).await.delivery_id();
-    let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
-        "SELECT delivery_id, response_code, current_status FROM singapay.inquiries_needed",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
-    assert_eq!(
-        rows,
-        vec![(id, "SP002".to_owned(), Some("succeeded".to_owned()))]
-    );
-    let stale = app
-        .send_at(&payload("ewallet-topup"), crate::helpers::now() - 3600)
-        .await;
+    let rows: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT delivery_id, response_code, current_status FROM singapay.inquiries_needed")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(rows, vec![(id, "SP002".to_owned(), Some("succeeded".to_owned()))]);
+    let stale = app.send_at(&payload("ewallet-topup"), crate::helpers::now() - 3600).await;
     assert_eq!(stale.status, 401);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.recent_rejections")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM singapay.recent_rejections").fetch_one(&app.db).await.unwrap();
     assert_eq!(n, 1);
 }

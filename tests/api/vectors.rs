@@ -13,29 +13,17 @@ fn canonicaliser_reproduces_php_byte_for_byte() {
     for v in &vectors {
         let body = Body::analyse(v.raw_body.as_bytes());
         if body.php != v.canonical_body {
-            failures.push(format!(
-                "{}: ours {:?}\n   php  {:?}",
-                v.name, body.php, v.canonical_body
-            ));
+            failures.push(format!("{}: ours {:?}\n   php  {:?}", v.name, body.php, v.canonical_body));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} differ:\n{}",
-        failures.len(),
-        vectors.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), vectors.len(), failures.join("\n"));
 }
 
 #[test]
 fn every_vector_verifies_in_the_form_it_was_signed() {
     for v in load_vectors() {
         let body = Body::analyse(v.raw_body.as_bytes());
-        let creds = [
-            credential("wrong", "not-the-secret"),
-            credential("vec", &v.secret),
-        ];
+        let creds = [credential("wrong", "not-the-secret"), credential("vec", &v.secret)];
         let auth = format!("Bearer {}", v.access_token);
         let now: i64 = v.timestamp.parse().unwrap();
         let check = |sig: &str| {
@@ -53,22 +41,16 @@ fn every_vector_verifies_in_the_form_it_was_signed() {
             )
         };
         if let Some(sig) = &v.canonical_signature {
-            let ok = check(sig)
-                .unwrap_or_else(|e| panic!("{}: canonical signature refused: {e:?}", v.name));
+            let ok = check(sig).unwrap_or_else(|e| panic!("{}: canonical signature refused: {e:?}", v.name));
             assert_eq!(ok.form, BodyForm::Php, "{}", v.name);
             assert_eq!(ok.credential, "vec");
             assert!(ok.fresh);
             // Upper-case hex is the same signature.
             assert!(check(&sig.to_uppercase()).is_ok(), "{}", v.name);
         }
-        let ok = check(&v.raw_signature)
-            .unwrap_or_else(|e| panic!("{}: raw signature refused: {e:?}", v.name));
+        let ok = check(&v.raw_signature).unwrap_or_else(|e| panic!("{}: raw signature refused: {e:?}", v.name));
         // When PHP's form equals the raw bytes, the php form matches first.
-        let want = if v.canonical_body.as_deref() == Some(v.raw_body.as_str()) {
-            BodyForm::Php
-        } else {
-            BodyForm::Raw
-        };
+        let want = if v.canonical_body.as_deref() == Some(v.raw_body.as_str()) { BodyForm::Php } else { BodyForm::Raw };
         assert_eq!(ok.form, want, "{}", v.name);
     }
 }
@@ -138,11 +120,7 @@ fn tamper_body(raw: &str) -> Vec<u8> {
 type Tampered = (&'static str, String, Vec<u8>, String, String, String);
 
 fn app_for<'a>(apps: &'a [(String, TestApp)], v: &Vector) -> &'a TestApp {
-    &apps
-        .iter()
-        .find(|(p, _)| p == webhook_path(&v.endpoint))
-        .unwrap()
-        .1
+    &apps.iter().find(|(p, _)| p == webhook_path(&v.endpoint)).unwrap().1
 }
 
 fn tamper_last(s: &str) -> String {
@@ -155,18 +133,9 @@ fn tamper_last(s: &str) -> String {
 #[tokio::test]
 async fn every_vector_is_accepted_over_http_and_every_one_byte_change_is_refused() {
     let vectors = load_vectors();
-    let secrets: Vec<String> = vectors
-        .iter()
-        .map(|v| v.secret.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let paths: Vec<&str> = vectors
-        .iter()
-        .map(|v| webhook_path(&v.endpoint))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let secrets: Vec<String> = vectors.iter().map(|v| v.secret.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let paths: Vec<&str> =
+        vectors.iter().map(|v| webhook_path(&v.endpoint)).collect::<HashSet<_>>().into_iter().collect();
     // One set of receivers gets the canonical signatures, another the raw ones, so each
     // form is seen on content not stored before.
     let canonical_apps = apps_for(&paths, &secrets).await;
@@ -179,63 +148,30 @@ async fn every_vector_is_accepted_over_http_and_every_one_byte_change_is_refused
         let ts: i64 = v.timestamp.parse().unwrap();
         let auth = format!("Bearer {}", v.access_token);
         // What the dedupe key is made of, per PHP's own output.
-        let content = v
-            .canonical_body
-            .clone()
-            .unwrap_or_else(|| v.raw_body.clone());
+        let content = v.canonical_body.clone().unwrap_or_else(|| v.raw_body.clone());
         for (apps, sig, seen, want_form) in [
-            (
-                canonical_apps,
-                v.canonical_signature.clone(),
-                &mut seen_canonical,
-                "php",
-            ),
-            (
-                raw_apps,
-                Some(v.raw_signature.clone()),
-                &mut seen_raw,
-                "raw",
-            ),
+            (canonical_apps, v.canonical_signature.clone(), &mut seen_canonical, "php"),
+            (raw_apps, Some(v.raw_signature.clone()), &mut seen_raw, "raw"),
         ] {
             let Some(sig) = sig else { continue };
             let app = app_for(apps, v);
             app.set_clock(ts);
-            let r = app
-                .post_raw(
-                    &v.endpoint,
-                    v.raw_body.clone(),
-                    Some(&sig),
-                    Some(&v.timestamp),
-                    Some(&auth),
-                )
-                .await;
+            let r = app.post_raw(&v.endpoint, v.raw_body.clone(), Some(&sig), Some(&v.timestamp), Some(&auth)).await;
             if !is_json_object(v) {
-                assert_eq!(
-                    (r.status, r.error_code()),
-                    (400, "invalid_body"),
-                    "{}: {:?}",
-                    v.name,
-                    r.json
-                );
+                assert_eq!((r.status, r.error_code()), (400, "invalid_body"), "{}: {:?}", v.name, r.json);
                 continue;
             }
             assert_eq!(r.status, 200, "{} ({want_form}): {:?}", v.name, r.json);
             let first_time = seen.insert((webhook_path(&v.endpoint).to_owned(), content.clone()));
             assert_eq!(r.duplicate(), !first_time, "{}", v.name);
             if first_time {
-                let form: String = sqlx::query_scalar(
-                    "SELECT signature_form FROM singapay.deliveries WHERE id = $1",
-                )
-                .bind(r.delivery_id())
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
+                let form: String = sqlx::query_scalar("SELECT signature_form FROM singapay.deliveries WHERE id = $1")
+                    .bind(r.delivery_id())
+                    .fetch_one(&app.db)
+                    .await
+                    .unwrap();
                 // Where PHP's form is the raw body byte for byte, the php form matches first.
-                let expected = if v.canonical_body.as_deref() == Some(v.raw_body.as_str()) {
-                    "php"
-                } else {
-                    want_form
-                };
+                let expected = if v.canonical_body.as_deref() == Some(v.raw_body.as_str()) { "php" } else { want_form };
                 assert_eq!(form, expected, "{}", v.name);
             }
         }
@@ -248,54 +184,23 @@ async fn every_vector_is_accepted_over_http_and_every_one_byte_change_is_refused
     }
     for v in &vectors {
         let ts: i64 = v.timestamp.parse().unwrap();
-        let sig = v
-            .canonical_signature
-            .clone()
-            .unwrap_or_else(|| v.raw_signature.clone());
+        let sig = v.canonical_signature.clone().unwrap_or_else(|| v.raw_signature.clone());
         let auth = format!("Bearer {}", v.access_token);
         let app = app_for(canonical_apps, v);
         app.set_clock(ts);
-        let tampered_path = if v.endpoint.contains('?') {
-            tamper_last(&v.endpoint)
-        } else {
-            format!("{}/", v.endpoint)
-        };
+        let tampered_path =
+            if v.endpoint.contains('?') { tamper_last(&v.endpoint) } else { format!("{}/", v.endpoint) };
         let forged_secret = tamper_last(&v.secret);
-        let forged_sig = sign_raw(
-            &forged_secret,
-            &v.endpoint,
-            &v.access_token,
-            v.raw_body.as_bytes(),
-            &v.timestamp,
-        );
-        let forged_canonical_sig = v.canonical_body.as_ref().map(|c| {
-            sign_raw(
-                &forged_secret,
-                &v.endpoint,
-                &v.access_token,
-                c.as_bytes(),
-                &v.timestamp,
-            )
-        });
+        let forged_sig = sign_raw(&forged_secret, &v.endpoint, &v.access_token, v.raw_body.as_bytes(), &v.timestamp);
+        let forged_canonical_sig = v
+            .canonical_body
+            .as_ref()
+            .map(|c| sign_raw(&forged_secret, &v.endpoint, &v.access_token, c.as_bytes(), &v.timestamp));
         let next_ts = (ts + 1).to_string();
         // (what changed, endpoint, body, X-Signature, X-Timestamp, Authorization)
         let mut cases: Vec<Tampered> = vec![
-            (
-                "body",
-                v.endpoint.clone(),
-                tamper_body(&v.raw_body),
-                sig.clone(),
-                v.timestamp.clone(),
-                auth.clone(),
-            ),
-            (
-                "path",
-                tampered_path,
-                v.raw_body.as_bytes().to_vec(),
-                sig.clone(),
-                v.timestamp.clone(),
-                auth.clone(),
-            ),
+            ("body", v.endpoint.clone(), tamper_body(&v.raw_body), sig.clone(), v.timestamp.clone(), auth.clone()),
+            ("path", tampered_path, v.raw_body.as_bytes().to_vec(), sig.clone(), v.timestamp.clone(), auth.clone()),
             (
                 "token",
                 v.endpoint.clone(),
@@ -304,14 +209,7 @@ async fn every_vector_is_accepted_over_http_and_every_one_byte_change_is_refused
                 v.timestamp.clone(),
                 format!("Bearer {}", tamper_last(&v.access_token)),
             ),
-            (
-                "timestamp",
-                v.endpoint.clone(),
-                v.raw_body.as_bytes().to_vec(),
-                sig.clone(),
-                next_ts,
-                auth.clone(),
-            ),
+            ("timestamp", v.endpoint.clone(), v.raw_body.as_bytes().to_vec(), sig.clone(), next_ts, auth.clone()),
             (
                 "secret",
                 v.endpoint.clone(),
@@ -332,25 +230,15 @@ async fn every_vector_is_accepted_over_http_and_every_one_byte_change_is_refused
             ));
         }
         for (what, endpoint, body, sig, ts_header, auth) in cases {
-            let r = app
-                .post_raw(&endpoint, body, Some(&sig), Some(&ts_header), Some(&auth))
-                .await;
-            assert_eq!(
-                (r.status, r.error_code()),
-                (401, "signature_invalid"),
-                "{} with a changed {what}",
-                v.name
-            );
+            let r = app.post_raw(&endpoint, body, Some(&sig), Some(&ts_header), Some(&auth)).await;
+            assert_eq!((r.status, r.error_code()), (401, "signature_invalid"), "{} with a changed {what}", v.name);
         }
     }
     let mut rows_after = 0;
     for (_, app) in canonical_apps {
         rows_after += app.total_rows().await;
     }
-    assert_eq!(
-        rows_after, rows_before,
-        "a refused signature must leave no row"
-    );
+    assert_eq!(rows_after, rows_before, "a refused signature must leave no row");
 }
 
 /// No byte sequence may panic the verify/classify path: every vector body mutated at many
@@ -391,11 +279,7 @@ fn mutated_bodies_never_panic() {
                 let _ = singapay_webhooks::singapay::json::to_jsonb_text(obj);
             }
             let _ = signature::verify(
-                SignedHeaders {
-                    signature: Some(b"00"),
-                    timestamp: Some(b"1"),
-                    authorization: Some(b"Bearer x"),
-                },
+                SignedHeaders { signature: Some(b"00"), timestamp: Some(b"1"), authorization: Some(b"Bearer x") },
                 b"/webhooks/singapay",
                 body.forms(&b),
                 &creds,

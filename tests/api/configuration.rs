@@ -1,0 +1,103 @@
+//! `.env.example` and the code read the same variables, and every bad value stops
+//! start-up with one line naming the variable.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use singapay_webhooks::config::VARIABLES;
+
+use crate::process::{env, spawn};
+
+fn env_example_names() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim().trim_start_matches('#').trim();
+            let (name, _) = l.split_once('=')?;
+            (!name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+                .then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// Names the code reads: the string literals at every environment-reading call site in
+/// src/ (`Env::raw/secret/parsed/ranged`, `std::env::var/var_os`).
+fn names_read_in_source(dir: &Path, out: &mut BTreeSet<String>) {
+    const READERS: [&str; 6] = ["raw(", "secret(", "parsed(", "ranged(", "env::var(", "env::var_os("];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            names_read_in_source(&path, out);
+            continue;
+        }
+        let code = std::fs::read_to_string(&path).unwrap();
+        for reader in READERS {
+            for (at, _) in code.match_indices(reader) {
+                // The call's arguments up to the closing parenthesis; every literal in them.
+                let args = &code[at + reader.len()..];
+                let args = &args[..args.find(')').unwrap_or(args.len())];
+                for (i, piece) in args.split('"').enumerate() {
+                    if i % 2 == 1 && !piece.is_empty() && piece.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                        out.insert(piece.to_owned());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn env_example_lists_exactly_the_variables_the_code_reads() {
+    let listed = env_example_names();
+    let declared: BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
+    assert_eq!(listed, declared, ".env.example and config::VARIABLES differ");
+    let mut in_source = BTreeSet::new();
+    names_read_in_source(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")), &mut in_source);
+    // PATH is the system's (dev looks up initdb on it), not configuration.
+    in_source.remove("PATH");
+    let undeclared: Vec<&String> = in_source.iter().filter(|n| !declared.contains(*n)).collect();
+    assert!(undeclared.is_empty(), "variables named in src/ but missing from config::VARIABLES: {undeclared:?}");
+    let unused: Vec<&String> = declared.iter().filter(|n| !in_source.contains(*n)).collect();
+    assert!(unused.is_empty(), "declared but never read: {unused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
+    let base = [("SINGAPAY_WEBHOOK_SECRETS", "primary=abc"), ("DATABASE_URL", "postgres://u@127.0.0.1:1/db")];
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().to_str().unwrap();
+    let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("DATABASE_URL", "mysql://nope", vec!["serve"]),
+        ("DATABASE_URL_FILE", "/nonexistent/db-url", vec!["serve"]),
+        ("SINGAPAY_WEBHOOK_SECRETS", "a=1,a=2", vec!["serve"]),
+        ("SINGAPAY_WEBHOOK_SECRETS_FILE", "/nonexistent/secrets", vec!["serve"]),
+        ("LISTEN_ADDR", "localhost", vec!["serve"]),
+        ("ADMIN_LISTEN_ADDR", "9090", vec!["serve"]),
+        ("WEBHOOK_PATH", "webhooks", vec!["serve"]),
+        ("SIGNED_PATH_PREFIX", "public/path", vec!["serve"]),
+        ("TIMESTAMP_TOLERANCE_SECS", "five minutes", vec!["serve"]),
+        ("MAX_BODY_BYTES", "12", vec!["serve"]),
+        ("ALLOWED_SOURCE_CIDRS", "10.0.0.0/40", vec!["serve"]),
+        ("TRUSTED_PROXY_HOPS", "many", vec!["serve"]),
+        ("DB_MAX_CONNECTIONS", "0", vec!["serve"]),
+        ("LOG_FORMAT", "xml", vec!["serve"]),
+        ("RUST_LOG", "info,[", vec!["serve"]),
+        ("SHUTDOWN_TIMEOUT_SECS", "0", vec!["serve"]),
+        ("RETENTION_DAYS", "-3", vec!["prune"]),
+        ("PG_BIN_DIR", "/nonexistent/pg", vec!["dev", "--data-dir", data]),
+    ];
+    let tested: BTreeSet<&str> = cases.iter().map(|c| c.0).collect();
+    assert_eq!(tested, VARIABLES.iter().copied().collect(), "every variable has a bad-value case");
+    for (var, value, args) in cases {
+        let mut vars = env(&base);
+        vars.retain(|(k, _)| k != var && !(var.ends_with("_FILE") && var.starts_with(k.as_str())));
+        vars.push((var.to_owned(), value.to_owned()));
+        let child = spawn(&args, &vars);
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value:?} was accepted");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{var}: expected one line, got {stderr:?}");
+        assert!(lines[0].contains(var), "{var}: {:?} does not name it", lines[0]);
+    }
+}
