@@ -1,3 +1,4 @@
+mod allowlist;
 mod concurrency;
 mod configuration;
 mod consumer_example;
@@ -6,7 +7,9 @@ mod docs;
 mod helpers;
 mod hostile;
 mod intake;
+mod operations;
 mod outage;
 mod process;
 mod queue;
+mod retention;
 mod vectors;

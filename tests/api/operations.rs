@@ -1,0 +1,389 @@
+//! Running it in production: the container's command, metrics, logs, shutdown.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use yaml_rust2::{Yaml, YamlLoader};
+
+use singapay_webhooks::embedded_pg::free_port;
+
+use crate::helpers::{fresh_database, now, payload, random_hex, sign_php};
+use crate::process::{self, env, Server};
+
+fn repo_file(name: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
+}
+
+/// A JSON-array instruction (`CMD ["a", "b"]`) of the Dockerfile's last stage.
+fn exec_form(dockerfile: &str, instruction: &str) -> Vec<String> {
+    let line = dockerfile
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(&format!("{instruction} ")))
+        .unwrap_or_else(|| panic!("Dockerfile has no {instruction}"));
+    serde_json::from_str(line[instruction.len()..].trim()).expect("exec form (JSON array)")
+}
+
+/// `${VAR:-default}` → default; `${VAR:?message}` → what .env would supply.
+fn resolve(value: &str, supplied: &HashMap<&str, &str>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').unwrap() + start;
+        let expr = &rest[start + 2..end];
+        let (name, fallback) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr.split(":?").next().unwrap(), None),
+        };
+        match (supplied.get(name), fallback) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => panic!("{name} must be supplied"),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_runs_serve_with_the_compose_environment() {
+    let dockerfile = repo_file("Dockerfile");
+    // hadolint-style checks: pinned base images, a non-root user, a HEALTHCHECK without curl.
+    for from in dockerfile.lines().filter(|l| l.starts_with("FROM ")) {
+        let image = from.split_whitespace().nth(1).unwrap();
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_else(|| panic!("{image} has no tag"));
+        assert_ne!(tag, "latest", "{from}");
+    }
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let user = last_stage.lines().find(|l| l.starts_with("USER ")).expect("the final stage sets USER");
+    let user_name = user["USER ".len()..].split(':').next().unwrap().trim();
+    assert!(user_name != "root" && user_name != "0", "{user}");
+    assert!(last_stage.contains("EXPOSE 8080"));
+    let healthcheck = last_stage.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect::<String>();
+    assert!(healthcheck.contains("\"healthcheck\"") && !healthcheck.contains("curl"), "{healthcheck}");
+    let entrypoint = exec_form(&dockerfile, "ENTRYPOINT");
+    assert_eq!(exec_form(&dockerfile, "CMD"), ["serve"]);
+    assert_eq!(entrypoint, ["/usr/local/bin/singapay-webhooks"]);
+
+    let compose = &YamlLoader::load_from_str(&repo_file("docker-compose.yml")).expect("compose parses")[0];
+    let services = &compose["services"];
+    let pg_check = services["postgres"]["healthcheck"]["test"][1].as_str().unwrap();
+    assert!(pg_check.contains("pg_isready"));
+    let app = &services["singapay-webhooks"];
+    assert_eq!(app["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
+    assert!(app["healthcheck"]["test"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .any(|t| t.as_str() == Some("/usr/local/bin/singapay-webhooks")));
+    assert!(services["postgres"]["image"].as_str().unwrap().contains(':'));
+    let command: Vec<String> =
+        app["command"].as_vec().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+
+    // The compose environment as the service would see it. Only what cannot exist on this
+    // machine is replaced: the `postgres` host (a test database) and the fixed ports.
+    let (db_url, _db) = fresh_database().await;
+    let secret = format!("cs_{}", random_hex(8));
+    let supplied = HashMap::from([("SINGAPAY_WEBHOOK_SECRETS", secret.as_str())]);
+    let (port, admin_port) = (free_port().unwrap(), free_port().unwrap());
+    let mut vars: Vec<(String, String)> = Vec::new();
+    // The image's own ENV lines come first; compose's environment overrides them.
+    vars.push(("LISTEN_ADDR".into(), "0.0.0.0:8080".into()));
+    let Yaml::Hash(environment) = &app["environment"] else { panic!("environment is a map") };
+    for (k, v) in environment {
+        let (k, v) = (k.as_str().unwrap(), resolve(v.as_str().unwrap(), &supplied));
+        let v = match k {
+            "DATABASE_URL" => {
+                assert!(v.starts_with("postgres://singapay:singapay@postgres:5432/singapay"), "{v}");
+                db_url.clone()
+            }
+            "LISTEN_ADDR" => v.replace(":8080", &format!(":{port}")),
+            "ADMIN_LISTEN_ADDR" => v.replace(":9090", &format!(":{admin_port}")),
+            _ => v,
+        };
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_owned(), v));
+    }
+    let args: Vec<&str> = command.iter().map(String::as_str).collect();
+    let mut server = process::serve(&args, &vars, port);
+    server.wait_ready().await;
+
+    // The HEALTHCHECK command, with the same environment.
+    let health = process::spawn(&["healthcheck"], &vars);
+    let status = tokio::task::spawn_blocking(move || health.wait_with_output()).await.unwrap().unwrap();
+    assert!(status.status.success(), "healthcheck: {}", String::from_utf8_lossy(&status.stderr));
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert_eq!(reqwest::get(server.url("/metrics")).await.unwrap().status(), 404, "metrics only on the admin port");
+    let body = payload("va-transaction");
+    let r = post(&server, &secret, &body, now()).await;
+    assert_eq!(r, 200);
+
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(30)).await.success());
+    // Once stopped, the healthcheck fails.
+    let health = process::spawn(&["healthcheck"], &vars);
+    let status = tokio::task::spawn_blocking(move || health.wait_with_output()).await.unwrap().unwrap();
+    assert!(!status.status.success());
+}
+
+async fn post(server: &Server, secret: &str, body: &str, ts: i64) -> u16 {
+    post_as(server, secret, body, ts, &random_hex(6)).await.0
+}
+
+async fn post_as(server: &Server, secret: &str, body: &str, ts: i64, token: &str) -> (u16, String) {
+    let ts = ts.to_string();
+    let sig = sign_php(secret, "/webhooks/singapay", token, body, &ts);
+    let r = reqwest::Client::new()
+        .post(server.url("/webhooks/singapay"))
+        .header("x-signature", &sig)
+        .header("x-timestamp", &ts)
+        .header("authorization", format!("Bearer {token}"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), sig)
+}
+
+/// Prometheus text → (name, sorted labels) → value.
+fn parse_metrics(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut labels: Vec<(String, String)> = labels
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap();
+                (k.to_owned(), v.trim_matches('"').to_owned())
+            })
+            .collect();
+        labels.sort();
+        out.insert((name.to_owned(), labels), value.parse().unwrap());
+    }
+    out
+}
+
+fn get(m: &HashMap<(String, Vec<(String, String)>), f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut l: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    l.sort();
+    *m.get(&(name.to_owned(), l)).unwrap_or_else(|| panic!("no series {name}{labels:?}"))
+}
+
+struct MixedRun {
+    server: Server,
+    secret: String,
+    signatures: Vec<String>,
+    tokens: Vec<String>,
+    admin_port: u16,
+}
+
+/// A server process (JSON logs at the most verbose level) and a known mix of callbacks.
+async fn mixed_run() -> MixedRun {
+    let (db_url, _db) = fresh_database().await;
+    let secret = format!("cs_secret_{}", random_hex(12));
+    let (port, admin_port) = (free_port().unwrap(), free_port().unwrap());
+    let vars = env(&[
+        ("DATABASE_URL", &db_url),
+        ("SINGAPAY_WEBHOOK_SECRETS", &format!("primary={secret}")),
+        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ("ADMIN_LISTEN_ADDR", &format!("127.0.0.1:{admin_port}")),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "trace"),
+    ]);
+    let mut server = process::serve(&["serve"], &vars, port);
+    server.wait_ready().await;
+    let mut signatures = Vec::new();
+    let mut tokens = Vec::new();
+    let mut send = |body: String, ts: i64, with_secret: String| {
+        let token = format!("tok_{}", random_hex(10));
+        tokens.push(token.clone());
+        (body, ts, with_secret, token)
+    };
+    let plan = vec![
+        send(payload("va-transaction"), now(), secret.clone()), // stored
+        send(payload("disbursement"), now(), secret.clone()),   // stored
+        send(payload("va-transaction"), now() + 1, secret.clone()), // duplicate
+        send(payload("qris-issuer"), now(), "wrong-secret".into()), // signature_invalid
+        send(payload("ewallet-topup"), now() - 3600, secret.clone()), // stale_timestamp
+    ];
+    for (body, ts, with_secret, token) in plan {
+        let (_, sig) = post_as(&server, &with_secret, &body, ts, &token).await;
+        signatures.push(sig);
+    }
+    let client = reqwest::Client::new();
+    // Missing headers, and the dashboard's Test ping.
+    client.post(server.url("/webhooks/singapay")).body(payload("settlement")).send().await.unwrap();
+    client
+        .post(server.url("/webhooks/singapay"))
+        .body(r#"{"status":200,"success":true,"data":"VA Payment Notification testing"}"#)
+        .send()
+        .await
+        .unwrap();
+    MixedRun { server, secret, signatures, tokens, admin_port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_mixed_run() {
+    let run = mixed_run().await;
+    let text =
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", run.admin_port)).await.unwrap().text().await.unwrap();
+    let m = parse_metrics(&text);
+    let delivered = |t: &str| {
+        get(&m, "singapay_deliveries_total", &[("webhook_type", t), ("outcome", "applied"), ("signature_form", "php")])
+    };
+    assert_eq!(delivered("va-transaction"), 1.0);
+    assert_eq!(delivered("disbursement"), 1.0);
+    assert_eq!(get(&m, "singapay_duplicates_total", &[("webhook_type", "va-transaction")]), 1.0);
+    assert_eq!(get(&m, "singapay_rejections_total", &[("code", "signature_invalid")]), 1.0);
+    assert_eq!(get(&m, "singapay_rejections_total", &[("code", "stale_timestamp")]), 1.0);
+    assert_eq!(get(&m, "singapay_rejections_total", &[("code", "missing_signature_headers")]), 1.0);
+    assert_eq!(get(&m, "singapay_test_pings_total", &[]), 1.0);
+    assert_eq!(get(&m, "singapay_callback_duration_seconds_count", &[("result", "stored")]), 2.0);
+    assert_eq!(get(&m, "singapay_callback_duration_seconds_count", &[("result", "rejected")]), 3.0);
+    assert_eq!(get(&m, "singapay_storage_duration_seconds_count", &[]), 3.0);
+    assert_eq!(get(&m, "singapay_queue_events", &[("state", "available")]), 2.0);
+    assert_eq!(get(&m, "singapay_queue_events", &[("state", "dead")]), 0.0);
+    assert_eq!(get(&m, "singapay_queue_due_events", &[]), 2.0);
+    assert!(get(&m, "singapay_queue_oldest_due_age_seconds", &[]) >= 0.0);
+    assert_eq!(get(&m, "singapay_db_pool_max_connections", &[]), 16.0);
+    assert!(get(&m, "singapay_db_pool_connections", &[("state", "idle")]) >= 0.0);
+    assert!(text.contains("# HELP singapay_deliveries_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_a_secret_signature_or_token() {
+    let mut run = mixed_run().await;
+    run.server.signal("TERM");
+    assert!(run.server.wait_exit(Duration::from_secs(30)).await.success());
+    let logs = run.server.log_text();
+    assert!(logs.lines().count() > 20, "trace-level logs were captured");
+    assert!(!logs.contains(&run.secret), "the secret leaked into the logs");
+    for sig in &run.signatures {
+        assert!(!logs.to_ascii_lowercase().contains(sig.as_str()), "a signature leaked into the logs");
+    }
+    for token in &run.tokens {
+        assert!(!logs.contains(token.as_str()), "a bearer token leaked into the logs");
+    }
+    // Every line is JSON, and a stored callback's line carries the span's fields.
+    let stored: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .filter(|l| l["message"] == "delivery stored" && l["span"]["duplicate"] == false)
+        .collect();
+    assert_eq!(stored.len(), 2);
+    let span = &stored[0]["span"];
+    assert_eq!(span["webhook_type"], "va-transaction");
+    assert_eq!(span["transaction_key"], "va:3211120260314091205518");
+    assert_eq!(span["outcome"], "applied");
+    assert_eq!(span["signature_form"], "php");
+    assert_eq!(span["credential"], "primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_200_callbacks_in_flight_loses_nothing() {
+    let (db_url, db) = fresh_database().await;
+    let secret = format!("cs_{}", random_hex(8));
+    let port = free_port().unwrap();
+    let vars = env(&[
+        ("DATABASE_URL", &db_url),
+        ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ("DB_MAX_CONNECTIONS", "60"),
+        ("LOG_FORMAT", "text"),
+    ]);
+    let mut server = process::serve(&["serve"], &vars, port);
+    server.wait_ready().await;
+    let body = |n: usize| {
+        format!(
+            r#"{{"response_code":"SP000","event":"disbursement","data":{{"transaction_id":"424242","transaction_status":{{"code":"03"}},"notes":"{n}"}}}}"#
+        )
+    };
+    assert_eq!(post(&server, &secret, &body(0), now()).await, 200);
+
+    // Hold the transaction's row lock so all 200 callbacks stall inside their DB transaction.
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM singapay.transactions WHERE transaction_key = 'disbursement:424242' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let requests: Vec<_> = (1..=200)
+        .map(|n| {
+            let (client, url, secret, body) =
+                (client.clone(), server.url("/webhooks/singapay"), secret.clone(), body(n));
+            tokio::spawn(async move {
+                let ts = now().to_string();
+                let token = format!("t{n}");
+                let sig = sign_php(&secret, "/webhooks/singapay", &token, &body, &ts);
+                let r = client
+                    .post(url)
+                    .header("x-signature", &sig)
+                    .header("x-timestamp", &ts)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let answer = match r {
+                    Ok(r) => Some((r.status().as_u16(), r.json::<serde_json::Value>().await.ok())),
+                    Err(_) => None,
+                };
+                (body, ts, sig, token, answer)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.commit().await.unwrap();
+
+    let results: Vec<_> = join_all(requests).await.into_iter().map(Result::unwrap).collect();
+    assert!(server.wait_exit(Duration::from_secs(40)).await.success(), "exit 0 after SIGTERM");
+    let mut answered_ok = 0;
+    let mut unanswered = Vec::new();
+    for (body, ts, sig, token, answer) in &results {
+        match answer {
+            Some((200, Some(json))) => {
+                answered_ok += 1;
+                let id = json["delivery_id"].as_i64().unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.deliveries WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+                assert_eq!(n, 1, "a 2xx answer means the delivery is in the database");
+            }
+            _ => unanswered.push((body.clone(), ts.clone(), sig.clone(), token.clone())),
+        }
+    }
+    eprintln!("shutdown: {answered_ok} answered 200 during shutdown, {} unanswered", unanswered.len());
+    // Singapay retries whatever got no 2xx; against a restarted receiver every retry is
+    // either stored now or recognised as already stored.
+    let mut server = process::serve(&["serve"], &vars, port);
+    server.wait_ready().await;
+    for (body, ts, sig, token) in &unanswered {
+        let r = reqwest::Client::new()
+            .post(server.url("/webhooks/singapay"))
+            .header("x-signature", sig)
+            .header("x-timestamp", ts)
+            .header("authorization", format!("Bearer {token}"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deliveries: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.deliveries").fetch_one(&db).await.unwrap();
+    assert_eq!(deliveries, 201, "every callback stored exactly once");
+    assert!(answered_ok > 0, "in-flight callbacks were finished and answered during shutdown");
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(30)).await.success());
+}

@@ -1,0 +1,90 @@
+//! `prune` removes only what is old and finished, without disturbing a consumer.
+
+use std::time::Duration;
+
+use singapay_webhooks::{queue, store};
+
+use crate::helpers::{now, payload, TestApp};
+
+fn disbursement(code: &str, n: u32) -> String {
+    format!(
+        r#"{{"response_code":"SP000","event":"disbursement","data":{{"transaction_id":"8080","transaction_status":{{"code":"{code}"}},"notes":"{n}"}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_only_old_finished_rows_and_leaves_a_claiming_consumer_alone() {
+    let app = TestApp::spawn().await;
+    // Old history: a payout that went 01 → 03 → 00, all three events consumed.
+    let mut old_ids = Vec::new();
+    for (code, n) in [("01", 1), ("03", 2), ("00", 3)] {
+        old_ids.push(app.send(&disbursement(code, n)).await.delivery_id());
+    }
+    for ev in queue::claim(&app.db, "c", 10, Duration::from_secs(60)).await.unwrap() {
+        assert!(queue::ack(&app.db, ev.id, "c").await.unwrap());
+    }
+    for _ in 0..2 {
+        for ev in queue::claim(&app.db, "c", 10, Duration::from_secs(60)).await.unwrap() {
+            assert!(queue::ack(&app.db, ev.id, "c").await.unwrap());
+        }
+    }
+    // An old VA payment whose event was never consumed, an old dead event, an old rejection.
+    let va = app.send(&payload("va-transaction")).await.delivery_id();
+    let dead = app.send(&payload("qris-acquirer-transaction")).await.delivery_id();
+    sqlx::query("UPDATE singapay.transaction_events SET state = 'dead', finished_at = now() WHERE delivery_id = $1")
+        .bind(dead)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(app.send_at(&payload("ewallet-topup"), now() - 3600).await.status, 401);
+    sqlx::query("UPDATE singapay.deliveries SET received_at = now() - interval '100 days', last_received_at = now() - interval '100 days'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE singapay.transaction_events SET created_at = now() - interval '100 days', finished_at = now() - interval '100 days' WHERE finished_at IS NOT NULL")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE singapay.rejected_deliveries SET last_received_at = now() - interval '100 days'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    // New history: a fresh delivery that must stay.
+    let fresh = app.send(&payload("direct-debit")).await.delivery_id();
+
+    // A consumer in the middle of a claim (its transaction still open, rows locked).
+    let mut consumer = app.db.begin().await.unwrap();
+    let claimed: Vec<i64> = sqlx::query_scalar("SELECT id FROM singapay.claim_events('mid-claim', 10, '1 minute')")
+        .fetch_all(&mut *consumer)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "the VA and direct-debit events");
+
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(90);
+    let dry = store::prune(&app.db, cutoff, 2, true).await.unwrap();
+    assert_eq!((dry.events, dry.rejections), (3, 1));
+    let report = tokio::time::timeout(Duration::from_secs(20), store::prune(&app.db, cutoff, 2, false))
+        .await
+        .expect("prune is not blocked by a consumer mid-claim")
+        .unwrap();
+    assert_eq!(report, store::PruneReport { events: 3, deliveries: 2, rejections: 1 });
+
+    consumer.commit().await.unwrap();
+    for id in claimed {
+        assert!(queue::ack(&app.db, id, "mid-claim").await.unwrap(), "the consumer's claim survived");
+    }
+    let remaining: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM singapay.deliveries ORDER BY id").fetch_all(&app.db).await.unwrap();
+    // The payout's first two deliveries are gone; its current state's delivery stays, as do
+    // the VA (its event was unfinished), the dead event's cause, and the fresh one.
+    assert_eq!(remaining, vec![old_ids[2], va, dead, fresh]);
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM singapay.transactions").fetch_one(&app.db).await.unwrap();
+    assert_eq!(transactions, 4, "no transaction's current state is ever pruned");
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM singapay.transaction_events ORDER BY id")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(states, ["done", "dead", "done"], "the dead event stays; only old done rows went");
+    assert_eq!(app.count("rejected_deliveries").await, 0);
+}
