@@ -149,8 +149,11 @@ async fn post_as(server: &Server, secret: &str, body: &str, ts: i64, token: &str
     (r.status().as_u16(), sig)
 }
 
-/// Prometheus text → (name, sorted labels) → value.
-fn parse_metrics(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// (name, sorted labels) → value.
+type Series = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// Prometheus text → series.
+fn parse_metrics(text: &str) -> Series {
     let mut out = HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
         let (series, value) = line.rsplit_once(' ').unwrap();
@@ -172,7 +175,7 @@ fn parse_metrics(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
     out
 }
 
-fn get(m: &HashMap<(String, Vec<(String, String)>), f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+fn get(m: &Series, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut l: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     l.sort();
     *m.get(&(name.to_owned(), l)).unwrap_or_else(|| panic!("no series {name}{labels:?}"))
