@@ -390,3 +390,30 @@ async fn routes_never_redirect() {
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.headers().get("x-request-id").is_some());
 }
+
+#[tokio::test]
+async fn a_callers_request_id_is_returned_and_stored() {
+    let app = TestApp::spawn().await;
+    let body = payload("settlement");
+    let ts = now().to_string();
+    let sig = crate::helpers::sign_php(&app.secret, DEFAULT_PATH, "tok", &body, &ts);
+    let r = app
+        .client
+        .post(app.url(DEFAULT_PATH))
+        .header("x-request-id", "lb-trace-1234")
+        .header("x-signature", sig)
+        .header("x-timestamp", ts)
+        .header("authorization", "Bearer tok")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "lb-trace-1234");
+    let id = r.json::<serde_json::Value>().await.unwrap()["delivery_id"].as_i64().unwrap();
+    let stored: String = sqlx::query_scalar("SELECT request_id FROM singapay.deliveries WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, "lb-trace-1234");
+}
