@@ -22,3 +22,14 @@ ensure_postgres() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >&2
   find_pg_bin >/dev/null || { echo "PostgreSQL install failed" >&2; return 1; }
 }
+
+# PHP is the oracle for Singapay's canonical body form: the suite checks `send` against it
+# (tools/mkvectors.py + tools/php_canonical.php).
+ensure_php() {
+  command -v php >/dev/null 2>&1 && return 0
+  echo "php-cli missing: installing Debian's php-cli..." >&2
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-cli >&2
+}

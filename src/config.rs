@@ -78,6 +78,20 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+impl Settings {
+    /// ENDPOINT as Singapay signed it: the path and query as received, with WEBHOOK_PATH
+    /// replaced by SIGNED_PATH_PREFIX when a proxy rewrote the public prefix.
+    pub fn signed_endpoint(&self, path_and_query: &str) -> String {
+        match &self.signed_path_prefix {
+            Some(public) => match path_and_query.strip_prefix(&self.webhook_path) {
+                Some(rest) => format!("{public}{rest}"),
+                None => path_and_query.to_owned(),
+            },
+            None => path_and_query.to_owned(),
+        }
+    }
+}
+
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")

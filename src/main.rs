@@ -37,6 +37,23 @@ fn main() {
                 let settings = env.settings(false)?;
                 cli::healthcheck(settings.listen_addr).await
             }
+            Command::Send(args) => {
+                let settings = env.settings(false)?;
+                let configured = settings.credentials.first().map(|c| c.secret.clone());
+                cli::send(*args, configured).await
+            }
+            Command::Verify(args) => {
+                let settings = env.settings(true)?;
+                let url = env.database_url()?;
+                if !cli::verify(args, &settings, url).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Command::Replay(args) => {
+                let url = env.require_database_url()?;
+                cli::replay(args, &url).await
+            }
             Command::Migrate => {
                 let url = env.require_database_url()?;
                 telemetry::init(env.log_format()?, env.log_filter()?);

@@ -4,7 +4,10 @@ mod dev;
 mod healthcheck;
 mod migrate;
 mod prune;
+mod replay;
+mod send;
 mod serve;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -14,7 +17,10 @@ pub use dev::dev;
 pub use healthcheck::healthcheck;
 pub use migrate::migrate;
 pub use prune::prune;
+pub use replay::{replay, ReplayArgs};
+pub use send::{send, SendArgs};
 pub use serve::serve;
+pub use verify::{verify, VerifyArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "singapay-webhooks", version, about = "Receives, verifies and durably records Singapay callbacks.")]
@@ -50,6 +56,15 @@ pub enum Command {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
         batch_size: i64,
     },
+    /// Build, sign and POST a realistic callback of any type and status (a local Singapay
+    /// simulator); exits non-zero unless every answer is 2xx.
+    Send(Box<SendArgs>),
+    /// Show every intermediate value of a signature check and which part mismatched, for a
+    /// captured request or a stored delivery/rejection. Exits 1 on a mismatch.
+    Verify(VerifyArgs),
+    /// Re-run a stored or rejected delivery through classification and the state machine,
+    /// with the same idempotency as live traffic.
+    Replay(ReplayArgs),
     /// Exit 0 when the local receiver (LISTEN_ADDR) answers /readyz with 200: for a
     /// container HEALTHCHECK.
     Healthcheck,

@@ -106,14 +106,7 @@ async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
     let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let path_and_query =
         parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    // ENDPOINT as Singapay signed it: when a proxy rewrote the prefix, sign with the public one.
-    let endpoint = match &settings.signed_path_prefix {
-        Some(public) => match path_and_query.strip_prefix(&settings.webhook_path) {
-            Some(rest) => format!("{public}{rest}"),
-            None => path_and_query.clone(),
-        },
-        None => path_and_query.clone(),
-    };
+    let endpoint = settings.signed_endpoint(&path_and_query);
 
     let raw = read_body(body, &headers, settings.max_body_bytes).await?;
     let signed = SignedHeaders {
@@ -177,7 +170,7 @@ async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
             Rejection {
                 content_sha256,
                 reason: "stale_timestamp",
-                x_timestamp: verified.timestamp.to_string(),
+                x_timestamp: verified.timestamp_text.clone(),
                 signed_at,
                 partner_id,
                 credential: verified.credential.clone(),
@@ -201,6 +194,7 @@ async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
         signature_form: verified.form.as_str(),
         // A fresh timestamp is within the tolerance of now, so it is representable.
         signed_at: signed_at.unwrap_or_else(Utc::now),
+        x_timestamp: verified.timestamp_text.clone(),
         request_path: column_text(&path_and_query),
         request_id,
         x_signature,

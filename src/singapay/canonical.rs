@@ -11,11 +11,57 @@ use super::json::{Parsed, Value};
 /// PHP's canonical form, or `None` where PHP's pipeline fails (lone surrogate, a number
 /// that overflows to infinity, or a top level that is not an array/object).
 pub fn php_form(parsed: &Parsed) -> Option<String> {
+    php_form_with(parsed, Style::PHP)
+}
+
+/// How a signer re-encodes: Singapay's PHP sample, or one of the ways other signers (or a
+/// PHP call with different flags) differ from it. `verify` tries these to explain a
+/// mismatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// PHP's ksort turns arrays of 11+ items into objects; hand-written ports do not.
+    pub big_arrays_as_objects: bool,
+    /// `json_encode` without JSON_UNESCAPED_SLASHES writes `\/`.
+    pub escape_slashes: bool,
+    /// `json_encode` without JSON_UNESCAPED_UNICODE writes `\u00e9`.
+    pub escape_unicode: bool,
+}
+
+impl Style {
+    pub const PHP: Style = Style { big_arrays_as_objects: true, escape_slashes: false, escape_unicode: false };
+}
+
+pub fn php_form_with(parsed: &Parsed, style: Style) -> Option<String> {
     if !parsed.php_decodable || !matches!(parsed.value, Value::Object(_) | Value::Array(_)) {
         return None;
     }
     let mut out = String::new();
-    php_value(&parsed.value, &mut out).then_some(out)
+    if !php_value(&parsed.value, &mut out, style) {
+        return None;
+    }
+    if style.escape_slashes || style.escape_unicode {
+        out = re_escape(&out, style);
+    }
+    Some(out)
+}
+
+/// Applies the escaping differences to an already-encoded document (only inside strings
+/// can `/` or non-ASCII occur).
+fn re_escape(doc: &str, style: Style) -> String {
+    let mut out = String::with_capacity(doc.len());
+    for c in doc.chars() {
+        match c {
+            '/' if style.escape_slashes => out.push_str("\\/"),
+            c if style.escape_unicode && !c.is_ascii() => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Go's `encoding/json` form: keys sorted, arrays and `{}` kept, numbers as written.
@@ -25,7 +71,7 @@ pub fn sorted_form(parsed: &Parsed) -> String {
     out
 }
 
-fn php_value(v: &Value, out: &mut String) -> bool {
+fn php_value(v: &Value, out: &mut String, style: Style) -> bool {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -38,13 +84,13 @@ fn php_value(v: &Value, out: &mut String) -> bool {
             // PHP arrays are ordered maps keyed 0..n-1; ksort(SORT_STRING) reorders the keys
             // as strings, so from 11 items on ("10" < "2") the result is no longer a list and
             // json_encode writes an object.
-            if items.len() <= 10 {
+            if items.len() <= 10 || !style.big_arrays_as_objects {
                 out.push('[');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         out.push(',');
                     }
-                    if !php_value(item, out) {
+                    if !php_value(item, out, style) {
                         return false;
                     }
                 }
@@ -60,7 +106,7 @@ fn php_value(v: &Value, out: &mut String) -> bool {
                     escape_string(key, out);
                     out.push(':');
                     let idx: usize = key.parse().unwrap_or_default();
-                    if !php_value(&items[idx], out) {
+                    if !php_value(&items[idx], out, style) {
                         return false;
                     }
                 }
@@ -77,7 +123,7 @@ fn php_value(v: &Value, out: &mut String) -> bool {
                     if i > 0 {
                         out.push(',');
                     }
-                    if !php_value(item, out) {
+                    if !php_value(item, out, style) {
                         return false;
                     }
                 }
@@ -90,7 +136,7 @@ fn php_value(v: &Value, out: &mut String) -> bool {
                     }
                     escape_string(k, out);
                     out.push(':');
-                    if !php_value(item, out) {
+                    if !php_value(item, out, style) {
                         return false;
                     }
                 }

@@ -77,6 +77,8 @@ pub struct Verified {
     pub credential: String,
     /// X-Timestamp, seconds since the epoch.
     pub timestamp: u64,
+    /// X-Timestamp exactly as sent (it is signed as text).
+    pub timestamp_text: String,
     /// Whether the timestamp is within the tolerance of `now` (either direction).
     pub fresh: bool,
 }
@@ -200,6 +202,7 @@ pub fn verify(
                     form,
                     credential: cred.label.clone(),
                     timestamp,
+                    timestamp_text: String::from_utf8_lossy(ts_raw).into_owned(),
                     fresh: skew <= u128::from(tolerance_secs),
                 });
             }

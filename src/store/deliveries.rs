@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::transactions::{self, Context};
+use super::transactions::{self, Context, StateChange};
 use super::{is_retryable_conflict, StoreError};
 use crate::singapay::webhook::{Classification, Subject};
 
@@ -16,6 +16,7 @@ pub struct Delivery {
     pub credential: String,
     pub signature_form: &'static str,
     pub signed_at: DateTime<Utc>,
+    pub x_timestamp: String,
     pub request_path: String,
     pub request_id: Option<String>,
     pub x_signature: String,
@@ -30,6 +31,8 @@ pub struct Stored {
     pub delivery_id: i64,
     pub duplicate: bool,
     pub outcome: String,
+    /// What each reported status did (empty for a duplicate).
+    pub changes: Vec<StateChange>,
 }
 
 /// Records a delivery and applies what it reports, all in one transaction, retrying a
@@ -46,8 +49,15 @@ pub async fn record(pool: &PgPool, d: &Delivery) -> Result<Stored, StoreError> {
 }
 
 async fn record_once(pool: &PgPool, d: &Delivery) -> Result<Stored, sqlx::Error> {
-    let c = &d.classification;
     let mut tx = pool.begin().await?;
+    let stored = record_in(&mut tx, d).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// Records a delivery inside the caller's transaction (`replay --dry-run` rolls it back).
+pub async fn record_in(tx: &mut PgConnection, d: &Delivery) -> Result<Stored, sqlx::Error> {
+    let c = &d.classification;
     let single = c.single();
     let (provisional, reason) = match &c.subject {
         Subject::Unrecognised(why) => ("unrecognised", Some(*why)),
@@ -63,9 +73,9 @@ async fn record_once(pool: &PgPool, d: &Delivery) -> Result<Stored, sqlx::Error>
              response_class, envelope_status, envelope_success, transaction_status_code,
              transaction_status_desc, status, needs_inquiry, outcome, unrecognised_reason, partner_id,
              credential, signature_form, signed_at, event_at, request_path, request_id, x_signature,
-             access_token, body, payload)
+             access_token, body, payload, x_timestamp)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19, $20, $21, $22, $23, $24, $25, $26::jsonb)
+                 $19, $20, $21, $22, $23, $24, $25, $26::jsonb, $27)
          ON CONFLICT (content_sha256) DO UPDATE
             SET times_received = singapay.deliveries.times_received + 1,
                 last_received_at = now()
@@ -97,11 +107,11 @@ async fn record_once(pool: &PgPool, d: &Delivery) -> Result<Stored, sqlx::Error>
     .bind(&d.access_token)
     .bind(&d.body)
     .bind(&d.payload)
+    .bind(&d.x_timestamp)
     .fetch_one(&mut *tx)
     .await?;
     if !inserted {
-        tx.commit().await?;
-        return Ok(Stored { delivery_id, duplicate: true, outcome: stored_outcome });
+        return Ok(Stored { delivery_id, duplicate: true, outcome: stored_outcome, changes: Vec::new() });
     }
 
     let ctx = Context {
@@ -110,26 +120,86 @@ async fn record_once(pool: &PgPool, d: &Delivery) -> Result<Stored, sqlx::Error>
         event: c.event.as_deref(),
         response_code: c.response_code.as_deref(),
     };
+    let (outcome, changes) = apply_all(tx, c, &ctx, provisional).await?;
+    if outcome != provisional {
+        set_outcome(tx, delivery_id, outcome).await?;
+    }
+    Ok(Stored { delivery_id, duplicate: false, outcome: outcome.to_owned(), changes })
+}
+
+/// Runs the state machine for every status a delivery reports.
+async fn apply_all(
+    tx: &mut PgConnection,
+    c: &Classification,
+    ctx: &Context<'_>,
+    provisional: &'static str,
+) -> Result<(&'static str, Vec<StateChange>), sqlx::Error> {
+    let mut changes = Vec::new();
     let outcome = match &c.subject {
         Subject::Single(ch) => match &ch.status {
-            Some(status) => transactions::apply(&mut tx, ch, status, &ctx).await?.as_str(),
+            Some(status) => {
+                let change = transactions::apply(tx, ch, status, ctx).await?;
+                let outcome = change.transition.as_str();
+                changes.push(change);
+                outcome
+            }
             None => provisional,
         },
-        Subject::Batch(changes) => {
-            for ch in changes {
+        Subject::Batch(items) => {
+            for ch in items {
                 if let Some(status) = &ch.status {
-                    transactions::apply(&mut tx, ch, status, &ctx).await?;
+                    changes.push(transactions::apply(tx, ch, status, ctx).await?);
                 }
             }
             provisional
         }
         Subject::Unrecognised(_) => provisional,
     };
-    if outcome != provisional {
-        set_outcome(&mut tx, delivery_id, outcome).await?;
+    Ok((outcome, changes))
+}
+
+/// Re-runs the state machine for an already stored delivery (after an upgrade taught the
+/// classifier something), inside the caller's transaction. The same guarantees as live
+/// traffic hold: the transaction rows are locked, a status already reached is `unchanged`,
+/// and only real changes are queued. The delivery row is rewritten only when something was
+/// applied now or it had not been understood before.
+pub async fn reapply_in(tx: &mut PgConnection, delivery_id: i64, c: &Classification) -> Result<Stored, sqlx::Error> {
+    let previous: String = sqlx::query_scalar("SELECT outcome FROM singapay.deliveries WHERE id = $1 FOR UPDATE")
+        .bind(delivery_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let ctx = Context {
+        delivery_id,
+        webhook_type: c.webhook_type.as_str(),
+        event: c.event.as_deref(),
+        response_code: c.response_code.as_deref(),
+    };
+    let provisional = match &c.subject {
+        Subject::Unrecognised(_) => "unrecognised",
+        Subject::Batch(_) => "batch",
+        Subject::Single(_) => "unchanged",
+    };
+    let (outcome, changes) = apply_all(tx, c, &ctx, provisional).await?;
+    let applied_now = changes.iter().any(|ch| ch.transition == crate::singapay::status::Transition::Applied);
+    if applied_now || (previous == "unrecognised" && outcome != "unrecognised") {
+        let single = c.single();
+        sqlx::query(
+            "UPDATE singapay.deliveries
+                SET webhook_type = $2, transaction_key = $3, status = $4, needs_inquiry = $5, outcome = $6,
+                    unrecognised_reason = NULL
+              WHERE id = $1",
+        )
+        .bind(delivery_id)
+        .bind(c.webhook_type.as_str())
+        .bind(single.map(|s| &s.transaction_key))
+        .bind(single.and_then(|s| s.status.as_deref()))
+        .bind(c.needs_inquiry)
+        .bind(outcome)
+        .execute(&mut *tx)
+        .await?;
     }
-    tx.commit().await?;
-    Ok(Stored { delivery_id, duplicate: false, outcome: outcome.to_owned() })
+    let outcome = if applied_now || previous == "unrecognised" { outcome.to_owned() } else { previous };
+    Ok(Stored { delivery_id, duplicate: false, outcome, changes })
 }
 
 async fn set_outcome(conn: &mut PgConnection, id: i64, outcome: &str) -> Result<(), sqlx::Error> {

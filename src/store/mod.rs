@@ -13,9 +13,10 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-pub use deliveries::{record, record_rejection, touch_known, Delivery, Rejection, Stored};
+pub use deliveries::{reapply_in, record, record_in, record_rejection, touch_known, Delivery, Rejection, Stored};
 pub use events::{event_id, EVENT_NAMESPACE_NAME};
 pub use prune::{prune, PruneReport};
+pub use transactions::StateChange;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -13,6 +13,17 @@ pub struct Context<'a> {
     pub response_code: Option<&'a str>,
 }
 
+/// What applying one reported status did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub transaction_key: String,
+    pub transition: Transition,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    /// The transaction's version afterwards.
+    pub version: i32,
+}
+
 /// Applies one reported status under the transaction's row lock. Concurrent deliveries for
 /// one key serialise here, so versions are gap-free and each gets exactly one queue row.
 pub async fn apply(
@@ -20,7 +31,14 @@ pub async fn apply(
     change: &Change,
     to_status: &str,
     ctx: &Context<'_>,
-) -> Result<Transition, sqlx::Error> {
+) -> Result<StateChange, sqlx::Error> {
+    let done = |transition, from_status: Option<&str>, version| StateChange {
+        transaction_key: change.transaction_key.clone(),
+        transition,
+        from_status: from_status.map(str::to_owned),
+        to_status: to_status.to_owned(),
+        version,
+    };
     // Two rounds at most: when a concurrent delivery creates the row between our SELECT
     // and INSERT, the INSERT waits for it, does nothing, and the next SELECT locks it.
     for _ in 0..3 {
@@ -55,7 +73,7 @@ pub async fn apply(
                 .await?;
                 if created.is_some() {
                     enqueue(conn, change, to_status, 1, None, ctx).await?;
-                    return Ok(Transition::Applied);
+                    return Ok(done(Transition::Applied, None, 1));
                 }
             }
             Some((current_status, version)) => {
@@ -89,8 +107,9 @@ pub async fn apply(
                     .execute(&mut *conn)
                     .await?;
                     enqueue(conn, change, to_status, version + 1, Some(&current_status), ctx).await?;
+                    return Ok(done(t, Some(&current_status), version + 1));
                 }
-                return Ok(t);
+                return Ok(done(t, Some(&current_status), version));
             }
         }
     }

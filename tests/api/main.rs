@@ -12,4 +12,5 @@ mod outage;
 mod process;
 mod queue;
 mod retention;
+mod tools;
 mod vectors;

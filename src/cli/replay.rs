@@ -1,0 +1,131 @@
+//! `replay`: re-run a stored delivery, or a rejected (stale) one, through classification
+//! and the state machine, with the same idempotency as live traffic. `--dry-run` runs the
+//! very same transaction and rolls it back.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::singapay::json::to_jsonb_text;
+use crate::singapay::webhook::classify;
+use crate::singapay::Body;
+use crate::store::{self, Delivery, Stored};
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["delivery", "rejection"])))]
+pub struct ReplayArgs {
+    /// A stored delivery: apply it again (e.g. one stored as unrecognised before an upgrade).
+    #[arg(long)]
+    pub delivery: Option<i64>,
+    /// A rejected (stale) delivery: accept it now, once.
+    #[arg(long)]
+    pub rejection: Option<i64>,
+    /// Show the outcome without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+type RejectionRow = (
+    Vec<u8>,
+    String,
+    String,
+    Option<chrono::DateTime<chrono::Utc>>,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+);
+
+pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()> {
+    let pool = store::pool(database_url, 2)?;
+    let mut tx = pool.begin().await?;
+    let (what, stored) = match (args.delivery, args.rejection) {
+        (Some(id), _) => {
+            let body: Vec<u8> = sqlx::query_scalar("SELECT body FROM singapay.deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .with_context(|| format!("no delivery {id}"))?;
+            let analysed = Body::analyse(&body);
+            let object = analysed.object().context("the stored body is not a JSON object")?;
+            (format!("delivery {id}"), store::reapply_in(&mut tx, id, &classify(object)).await?)
+        }
+        (None, Some(id)) => {
+            let row: Option<RejectionRow> = sqlx::query_as(
+                "SELECT body, credential, signature_form, signed_at, x_timestamp, request_path, request_id,
+                        x_signature, access_token, partner_id
+                   FROM singapay.rejected_deliveries WHERE id = $1 FOR UPDATE",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (
+                body,
+                credential,
+                form,
+                signed_at,
+                x_timestamp,
+                request_path,
+                request_id,
+                x_signature,
+                access_token,
+                partner_id,
+            ) = row.with_context(|| format!("no rejected delivery {id}"))?;
+            let analysed = Body::analyse(&body);
+            let object = analysed.object().context("the rejected body is not a JSON object")?;
+            let delivery = Delivery {
+                content_sha256: analysed.content_sha256(&body),
+                classification: classify(object),
+                payload: Some(to_jsonb_text(object)),
+                partner_id,
+                credential,
+                signature_form: match form.as_str() {
+                    "php" => "php",
+                    "raw" => "raw",
+                    _ => "sorted",
+                },
+                signed_at: signed_at.context("the rejection's timestamp is not representable")?,
+                x_timestamp,
+                request_path,
+                request_id,
+                x_signature,
+                access_token,
+                body,
+            };
+            let stored = store::record_in(&mut tx, &delivery).await?;
+            sqlx::query("UPDATE singapay.rejected_deliveries SET replayed_delivery_id = $2 WHERE id = $1")
+                .bind(id)
+                .bind(stored.delivery_id)
+                .execute(&mut *tx)
+                .await?;
+            (format!("rejected delivery {id}"), stored)
+        }
+        _ => bail!("give --delivery or --rejection"),
+    };
+    print_outcome(&what, &stored);
+    if args.dry_run {
+        tx.rollback().await?;
+        println!("dry run: nothing was written");
+    } else {
+        tx.commit().await?;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+fn print_outcome(what: &str, s: &Stored) {
+    let kind = if s.duplicate { "already stored" } else { "stored" };
+    println!("{what}: {kind} as delivery {}, outcome {}", s.delivery_id, s.outcome);
+    for ch in &s.changes {
+        println!(
+            "  {}: {} -> {} ({}, version {})",
+            ch.transaction_key,
+            ch.from_status.as_deref().unwrap_or("(new)"),
+            ch.to_status,
+            ch.transition.as_str(),
+            ch.version
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! `verify`: every intermediate value of a signature check for a captured request or a
+//! stored delivery/rejection, and which part mismatched. Secrets are never printed.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::config::Settings;
+use crate::singapay::explain::{self, Verdict};
+use crate::store;
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["request", "delivery", "rejection"])))]
+pub struct VerifyArgs {
+    /// A captured request as an HTTP/1.1 message: request line, headers, blank line, body
+    /// (what `send --save` writes).
+    #[arg(long)]
+    pub request: Option<PathBuf>,
+    /// A stored delivery (needs DATABASE_URL).
+    #[arg(long)]
+    pub delivery: Option<i64>,
+    /// A rejected (stale) delivery (needs DATABASE_URL).
+    #[arg(long)]
+    pub rejection: Option<i64>,
+    /// Judge freshness at this Unix time instead of now.
+    #[arg(long)]
+    pub at: Option<i64>,
+}
+
+struct Captured {
+    path_and_query: String,
+    signature: Option<Vec<u8>>,
+    timestamp: Option<Vec<u8>>,
+    authorization: Option<Vec<u8>>,
+    partner_id: Option<String>,
+    body: Vec<u8>,
+}
+
+fn parse_message(bytes: &[u8]) -> Result<Captured> {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| bytes.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
+        .context("no blank line between headers and body")?;
+    let head = String::from_utf8_lossy(&bytes[..split.0]).into_owned();
+    let body = bytes[split.0 + split.1..].to_vec();
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    if method != "POST" || !target.starts_with('/') {
+        bail!("the first line must be like `POST /webhooks/singapay HTTP/1.1`, got {request_line:?}");
+    }
+    let mut c = Captured {
+        path_and_query: target.to_owned(),
+        signature: None,
+        timestamp: None,
+        authorization: None,
+        partner_id: None,
+        body,
+    };
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim().as_bytes().to_vec();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "x-signature" => c.signature = Some(value),
+            "x-timestamp" => c.timestamp = Some(value),
+            "authorization" => c.authorization = Some(value),
+            "x-partner-id" => c.partner_id = Some(String::from_utf8_lossy(&value).into_owned()),
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+type StoredRow = (String, Option<String>, String, String, Option<String>, Vec<u8>);
+
+async fn from_database(database_url: &SecretString, table: &str, id: i64) -> Result<Captured> {
+    let pool = store::pool(database_url, 1)?;
+    let row: Option<StoredRow> = sqlx::query_as(&format!(
+        "SELECT request_path, x_timestamp, x_signature, access_token, partner_id, body FROM singapay.{table} WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&pool)
+    .await
+    .context("reading the stored request")?;
+    pool.close().await;
+    let (path_and_query, ts, sig, token, partner_id, body) =
+        row.with_context(|| format!("no row {id} in singapay.{table}"))?;
+    Ok(Captured {
+        path_and_query,
+        signature: Some(sig.into_bytes()),
+        timestamp: ts.map(String::into_bytes),
+        authorization: Some(format!("Bearer {token}").into_bytes()),
+        partner_id,
+        body,
+    })
+}
+
+/// Prints the report; true when the signature matches.
+pub async fn verify(args: VerifyArgs, settings: &Settings, database_url: Option<SecretString>) -> Result<bool> {
+    let captured = match (&args.request, args.delivery, args.rejection) {
+        (Some(path), _, _) => {
+            parse_message(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?
+        }
+        (None, Some(id), _) => {
+            from_database(&database_url.context("DATABASE_URL is required for --delivery")?, "deliveries", id).await?
+        }
+        (None, None, Some(id)) => {
+            from_database(&database_url.context("DATABASE_URL is required for --rejection")?, "rejected_deliveries", id)
+                .await?
+        }
+        _ => bail!("give --request, --delivery or --rejection"),
+    };
+    let endpoint = settings.signed_endpoint(&captured.path_and_query);
+    let report = explain::explain(
+        &explain::Request {
+            endpoint: &endpoint,
+            signature: captured.signature.as_deref(),
+            timestamp: captured.timestamp.as_deref(),
+            authorization: captured.authorization.as_deref(),
+            partner_id: captured.partner_id.as_deref(),
+            body: &captured.body,
+        },
+        &settings.credentials,
+        args.at.unwrap_or_else(|| chrono::Utc::now().timestamp()),
+        settings.timestamp_tolerance_secs,
+    );
+    print!("{}", report.text);
+    Ok(matches!(report.verdict, Verdict::Match { .. }))
+}
