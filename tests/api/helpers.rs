@@ -164,6 +164,7 @@ impl TestApp {
             store::pool(&SecretString::from(database_url.clone()), settings.db_max_connections).expect("app pool");
         let clock = Arc::new(AtomicI64::new(REAL_CLOCK));
         let mut state = AppState::new(app_pool, settings);
+        state.metrics = Some(singapay_webhooks::telemetry::metrics());
         let c = clock.clone();
         state.clock = Arc::new(move || match c.load(Ordering::SeqCst) {
             REAL_CLOCK => now(),

@@ -7,6 +7,7 @@ mod docs;
 mod helpers;
 mod hostile;
 mod intake;
+mod openapi;
 mod operations;
 mod outage;
 mod process;
