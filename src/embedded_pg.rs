@@ -192,10 +192,16 @@ impl Cluster {
     }
 
     /// Starts the server (a no-op when it already runs) and waits until it accepts connections.
-    pub fn start(&self) -> Result<()> {
+    /// When the remembered port has been taken by something else meanwhile, the cluster
+    /// moves to a free one (and remembers that).
+    pub fn start(&mut self) -> Result<()> {
         self.init()?;
         if self.is_running() {
             return Ok(());
+        }
+        if TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            self.port = free_port()?;
+            fs::write(self.root.join("port"), self.port.to_string())?;
         }
         let log = self.log_file();
         if !log.exists() {

@@ -33,22 +33,30 @@ fn dev_secret(data_dir: &Path) -> Result<String> {
 }
 
 pub async fn dev(mut settings: Settings, data_dir: PathBuf, listen_addr_set: bool) -> Result<()> {
+    // Installed first: a Ctrl-C during start-up must still stop the cluster it started.
+    let shutdown = startup::shutdown_signal()?;
     fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = fs::canonicalize(&data_dir)?;
     let cluster_root = data_dir.join("postgres");
     let cluster = tokio::task::spawn_blocking(move || -> Result<Cluster> {
-        let cluster = Cluster::open(&cluster_root, true)?;
+        let mut cluster = Cluster::open(&cluster_root, true)?;
         cluster.start()?;
         Ok(cluster)
     })
     .await??;
-    let result = run(&mut settings, &data_dir, &cluster, listen_addr_set).await;
+    let result = run(&mut settings, &data_dir, &cluster, listen_addr_set, shutdown).await;
     let stopping = cluster.clone();
     let stopped = tokio::task::spawn_blocking(move || stopping.stop()).await?;
     result.and(stopped)
 }
 
-async fn run(settings: &mut Settings, data_dir: &Path, cluster: &Cluster, listen_addr_set: bool) -> Result<()> {
+async fn run(
+    settings: &mut Settings,
+    data_dir: &Path,
+    cluster: &Cluster,
+    listen_addr_set: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     embedded_pg::ensure_database(cluster, DATABASE).await?;
     let url = cluster.url(DATABASE);
     let pool = store::pool(&SecretString::from(url.clone()), settings.db_max_connections)?;
@@ -75,14 +83,16 @@ async fn run(settings: &mut Settings, data_dir: &Path, cluster: &Cluster, listen
          \x20 secret   : {secret_line}\n\
          \x20 database : {data}  (PostgreSQL on 127.0.0.1:{port}, kept across restarts)\n\
          \x20 psql     : psql {url}\n\
+         \x20 send     : SINGAPAY_WEBHOOK_SECRETS=dev=$(cat {secret_file}) singapay-webhooks send va-transaction --url http://{addr}{path}\n\
          \x20 try      : psql {url} -c 'SELECT id, webhook_type, transaction_key, status, outcome FROM singapay.deliveries ORDER BY id DESC LIMIT 10'\n\
          Ctrl-C stops the receiver and the database.",
         path = settings.webhook_path,
         data = cluster.root.display(),
         port = cluster.port,
+        secret_file = data_dir.join("dev-secret").display(),
     );
     let state = startup::production_state(pool.clone(), settings.clone());
-    startup::run(listener, admin, state, startup::shutdown_signal()).await?;
+    startup::run(listener, admin, state, shutdown).await?;
     pool.close().await;
     Ok(())
 }

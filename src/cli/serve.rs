@@ -5,6 +5,7 @@ use crate::config::Settings;
 use crate::{startup, store};
 
 pub async fn serve(settings: Settings, database_url: &SecretString, migrate: bool) -> Result<()> {
+    let shutdown = startup::shutdown_signal()?;
     let pool = store::pool(database_url, settings.db_max_connections).context("DATABASE_URL")?;
     if migrate {
         store::MIGRATOR.run(&pool).await.context("applying migrations")?;
@@ -19,7 +20,7 @@ pub async fn serve(settings: Settings, database_url: &SecretString, migrate: boo
         "receiver listening"
     );
     let state = startup::production_state(pool.clone(), settings);
-    startup::run(listener, admin, state, startup::shutdown_signal()).await?;
+    startup::run(listener, admin, state, shutdown).await?;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())

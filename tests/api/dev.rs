@@ -42,7 +42,7 @@ pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("dev prints its secret and psql line");
-        if let Some(rest) = line.split("SINGAPAY_WEBHOOK_SECRETS=dev=").nth(1) {
+        if let Some(rest) = line.trim().strip_prefix("secret   : SINGAPAY_WEBHOOK_SECRETS=dev=") {
             secret = Some(rest.trim().to_owned());
         }
         if let Some(rest) = line.trim().strip_prefix("psql     : psql ") {
@@ -104,7 +104,9 @@ async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
     let (secret, url) = (dev.secret.clone(), dev.psql_url.clone());
     stop_dev(dev);
 
-    // Restarted: same secret, same data.
+    // Restarted (on a fresh port: another test may have been handed the old one): same
+    // secret, same data.
+    let port = free_port().unwrap();
     let dev = start_dev(&data_dir, port);
     assert_eq!((dev.secret.as_str(), dev.psql_url.as_str()), (secret.as_str(), url.as_str()));
     assert_eq!(post_signed(port, &dev.secret, &payload("disbursement")).await, 200);

@@ -82,7 +82,7 @@ fn shared_cluster() -> &'static Cluster {
         // Test processes run in parallel under nextest: one initialises and starts it.
         let lock = std::fs::File::create(root.join("lock")).expect("lock file");
         lock.lock().expect("lock test cluster");
-        let cluster = Cluster::open(&root.join("pg"), false).expect("open test cluster");
+        let mut cluster = Cluster::open(&root.join("pg"), false).expect("open test cluster");
         cluster.start().expect("start test cluster");
         lock.unlock().expect("unlock");
         cluster
@@ -297,7 +297,7 @@ pub fn private_cluster() -> (tempfile::TempDir, Cluster) {
     let dir = tempfile::Builder::new().prefix("singapay-pg-").tempdir_in(std::env::temp_dir()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cluster = Cluster::open(&dir.path().join("pg"), false).expect("open private cluster");
+    let mut cluster = Cluster::open(&dir.path().join("pg"), false).expect("open private cluster");
     cluster.start().expect("start private cluster");
     (dir, cluster)
 }

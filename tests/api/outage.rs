@@ -24,7 +24,13 @@ async fn storage_outage_answers_503_and_recovers_by_itself() {
     assert_eq!(live.status().as_u16(), 200, "the process itself stays up");
 
     let c = cluster.clone();
-    tokio::task::spawn_blocking(move || c.start()).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut c = c;
+        c.start()
+    })
+    .await
+    .unwrap()
+    .unwrap();
 
     // Singapay's retry: the same request, still within the time window.
     let r = app.post_raw(DEFAULT_PATH, body, Some(&sig), Some(&ts), Some("Bearer tok-outage")).await;
