@@ -2,7 +2,7 @@
 # Multi-stage: build with the Rust toolchain, run from a distroless base (no shell, no
 # package manager, non-root). The binary speaks TLS to Postgres with bundled roots.
 
-FROM rust:1.89-slim-bookworm AS build
+FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
