@@ -12,12 +12,23 @@ use crate::singapay::explain::{self, Verdict};
 use crate::store;
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["request", "delivery", "rejection"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["request", "headers", "delivery", "rejection"])))]
 pub struct VerifyArgs {
     /// A captured request as an HTTP/1.1 message: request line, headers, blank line, body
     /// (what `send --save` writes).
     #[arg(long)]
     pub request: Option<PathBuf>,
+    /// The request's headers, one `Name: value` per line (a request line such as
+    /// `POST /webhooks/singapay?src=sp HTTP/1.1` may come first); with --body.
+    #[arg(long, requires = "body")]
+    pub headers: Option<PathBuf>,
+    /// The request body exactly as received; with --headers.
+    #[arg(long, requires = "headers")]
+    pub body: Option<PathBuf>,
+    /// The path and query the request arrived at, when the headers file has no request
+    /// line (default: WEBHOOK_PATH).
+    #[arg(long)]
+    pub endpoint: Option<String>,
     /// A stored delivery (needs DATABASE_URL).
     #[arg(long)]
     pub delivery: Option<i64>,
@@ -38,24 +49,23 @@ struct Captured {
     body: Vec<u8>,
 }
 
-fn parse_message(bytes: &[u8]) -> Result<Captured> {
-    let split = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4))
-        .or_else(|| bytes.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
-        .context("no blank line between headers and body")?;
-    let head = String::from_utf8_lossy(&bytes[..split.0]).into_owned();
-    let body = bytes[split.0 + split.1..].to_vec();
-    let mut lines = head.lines();
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    if method != "POST" || !target.starts_with('/') {
-        bail!("the first line must be like `POST /webhooks/singapay HTTP/1.1`, got {request_line:?}");
+/// Headers (optionally after a request line) and a separate body.
+fn parse_parts(head: &str, body: Vec<u8>, default_target: &str) -> Result<Captured> {
+    let mut lines = head.lines().peekable();
+    let mut target = default_target.to_owned();
+    if let Some(first) = lines.peek() {
+        if !first.contains(':') || first.starts_with("POST ") {
+            let mut parts = first.split_whitespace();
+            let (method, t) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            if method != "POST" || !t.starts_with('/') {
+                bail!("the first line must be like `POST /webhooks/singapay HTTP/1.1`, got {first:?}");
+            }
+            target = t.to_owned();
+            lines.next();
+        }
     }
     let mut c = Captured {
-        path_and_query: target.to_owned(),
+        path_and_query: target,
         signature: None,
         timestamp: None,
         authorization: None,
@@ -74,6 +84,21 @@ fn parse_message(bytes: &[u8]) -> Result<Captured> {
         }
     }
     Ok(c)
+}
+
+fn parse_message(bytes: &[u8]) -> Result<Captured> {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| bytes.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
+        .context("no blank line between headers and body")?;
+    let head = String::from_utf8_lossy(&bytes[..split.0]).into_owned();
+    let body = bytes[split.0 + split.1..].to_vec();
+    if !head.starts_with("POST ") {
+        bail!("a request file starts with its request line, like `POST /webhooks/singapay HTTP/1.1`");
+    }
+    parse_parts(&head, body, "")
 }
 
 type StoredRow = (String, Option<String>, String, String, Option<String>, Vec<u8>);
@@ -102,9 +127,14 @@ async fn from_database(database_url: &SecretString, table: &str, id: i64) -> Res
 
 /// Prints the report; true when the signature matches.
 pub async fn verify(args: VerifyArgs, settings: &Settings, database_url: Option<SecretString>) -> Result<bool> {
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let captured = match (&args.request, args.delivery, args.rejection) {
-        (Some(path), _, _) => {
-            parse_message(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?
+        (Some(path), _, _) => parse_message(&read(path)?)?,
+        (None, None, None) if args.headers.is_some() => {
+            let (headers, body) =
+                (args.headers.as_ref().unwrap_or(&PathBuf::new()).clone(), args.body.clone().unwrap_or_default());
+            let default_target = args.endpoint.clone().unwrap_or_else(|| settings.webhook_path.clone());
+            parse_parts(&String::from_utf8_lossy(&read(&headers)?), read(&body)?, &default_target)?
         }
         (None, Some(id), _) => {
             from_database(&database_url.context("DATABASE_URL is required for --delivery")?, "deliveries", id).await?
@@ -113,7 +143,7 @@ pub async fn verify(args: VerifyArgs, settings: &Settings, database_url: Option<
             from_database(&database_url.context("DATABASE_URL is required for --rejection")?, "rejected_deliveries", id)
                 .await?
         }
-        _ => bail!("give --request, --delivery or --rejection"),
+        _ => bail!("give --request, --headers with --body, --delivery or --rejection"),
     };
     let endpoint = settings.signed_endpoint(&captured.path_and_query);
     let report = explain::explain(

@@ -200,6 +200,22 @@ async fn verify_explains_a_good_request_and_names_what_was_tampered() {
     assert!(out.contains("result: match form=php credential=primary"), "{out}");
     assert!(out.contains("POST:/webhooks/singapay?src=sp:"), "the string to sign is shown: {out}");
 
+    // The same request as separate header and body files, with or without a request line.
+    let (head, body) = good.split_at(good.find("\r\n\r\n").unwrap());
+    let (headers_file, body_file) = (dir.path().join("headers.txt"), dir.path().join("body.json"));
+    std::fs::write(&body_file, &body[4..]).unwrap();
+    for (headers, extra) in [
+        (head.to_owned(), vec![]),
+        (head.lines().skip(1).collect::<Vec<_>>().join("\n"), vec!["--endpoint", "/webhooks/singapay?src=sp"]),
+    ] {
+        std::fs::write(&headers_file, headers).unwrap();
+        let mut args =
+            vec!["verify", "--headers", headers_file.to_str().unwrap(), "--body", body_file.to_str().unwrap()];
+        args.extend(extra);
+        let (ok, out, err) = run(&args, &secrets_env(&secret)).await;
+        assert!(ok && out.contains("result: match form=php credential=primary"), "{out}{err}");
+    }
+
     // One byte changed in each component.
     let head_end = good.find("\r\n\r\n").unwrap();
     let (head, body) = good.split_at(head_end);
