@@ -85,16 +85,7 @@ fn php_value(v: &Value, out: &mut String, style: Style) -> bool {
             // as strings, so from 11 items on ("10" < "2") the result is no longer a list and
             // json_encode writes an object.
             if items.len() <= 10 || !style.big_arrays_as_objects {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    if !php_value(item, out, style) {
-                        return false;
-                    }
-                }
-                out.push(']');
+                return php_list(items.iter(), out, style);
             } else {
                 let mut keys: Vec<String> = (0..items.len()).map(|i| i.to_string()).collect();
                 keys.sort();
@@ -118,16 +109,7 @@ fn php_value(v: &Value, out: &mut String, style: Style) -> bool {
             // exactly "0".."n-1" is indistinguishable from a list.
             let is_list = members.iter().enumerate().all(|(i, (k, _))| is_index(k, i));
             if is_list {
-                out.push('[');
-                for (i, (_, item)) in members.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    if !php_value(item, out, style) {
-                        return false;
-                    }
-                }
-                out.push(']');
+                return php_list(members.iter().map(|(_, item)| item), out, style);
             } else {
                 out.push('{');
                 for (i, (k, item)) in members.iter().enumerate() {
@@ -147,6 +129,20 @@ fn php_value(v: &Value, out: &mut String, style: Style) -> bool {
     true
 }
 
+fn php_list<'a>(items: impl Iterator<Item = &'a Value>, out: &mut String, style: Style) -> bool {
+    out.push('[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if !php_value(item, out, style) {
+            return false;
+        }
+    }
+    out.push(']');
+    true
+}
+
 fn is_index(key: &str, i: usize) -> bool {
     // PHP turns only canonical decimal strings into integer keys ("01", "+1" and "-0" stay
     // strings), so only those can make an array a list.
@@ -157,18 +153,30 @@ fn is_index(key: &str, i: usize) -> bool {
 }
 
 fn go_value(v: &Value, out: &mut String) {
+    write_plain(v, out, &|n, out| out.push_str(n), &escape_string);
+}
+
+/// Writes `v` as JSON with arrays and objects kept as they are (members in key order), the
+/// way numbers and strings are written left to the caller: Go's form and the jsonb copy
+/// differ only there.
+pub(crate) fn write_plain(
+    v: &Value,
+    out: &mut String,
+    number: &dyn Fn(&str, &mut String),
+    string: &dyn Fn(&str, &mut String),
+) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::String(s) => escape_string(s, out),
-        Value::Number(lit) => out.push_str(lit),
+        Value::String(s) => string(s, out),
+        Value::Number(lit) => number(lit, out),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                go_value(item, out);
+                write_plain(item, out, number, string);
             }
             out.push(']');
         }
@@ -178,9 +186,9 @@ fn go_value(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                escape_string(k, out);
+                string(k, out);
                 out.push(':');
-                go_value(item, out);
+                write_plain(item, out, number, string);
             }
             out.push('}');
         }

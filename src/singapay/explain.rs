@@ -14,7 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha512;
 
 use super::canonical::{php_form_with, Style};
-use super::signature::{bearer_token, parse_timestamp, sha256_hex, string_to_sign, BodyForm, Credential};
+use super::signature::{
+    bearer_token, parse_timestamp, sha256_hex, string_to_sign, string_to_sign_hashed, BodyForm, Credential,
+};
 use super::Body;
 
 /// A request as received.
@@ -88,15 +90,7 @@ fn find(
     secrets: &[(String, SecretString)],
 ) -> Option<(BodyForm, String)> {
     for (form, hash) in hashes {
-        let mut msg = Vec::with_capacity(endpoint.len() + token.len() + ts.len() + 80);
-        msg.extend_from_slice(b"POST:");
-        msg.extend_from_slice(endpoint);
-        msg.push(b':');
-        msg.extend_from_slice(token);
-        msg.push(b':');
-        msg.extend_from_slice(hash.as_bytes());
-        msg.push(b':');
-        msg.extend_from_slice(ts);
+        let msg = string_to_sign_hashed(endpoint, token, hash, ts);
         for (label, secret) in secrets {
             let mut m = Hmac::<Sha512>::new_from_slice(secret.expose_secret().as_bytes()).expect("any key length");
             m.update(&msg);

@@ -359,49 +359,20 @@ impl<'a> Parser<'a> {
 /// U+FFFD and numbers `numeric` could not hold are kept as strings. The exact bytes are
 /// stored separately; this is the queryable copy.
 pub fn to_jsonb_text(v: &Value) -> String {
+    let number = |lit: &str, out: &mut String| {
+        let exp_ok = lit
+            .split_once(['e', 'E'])
+            .is_none_or(|(_, e)| e.trim_start_matches(['+', '-']).parse::<u32>().is_ok_and(|e| e <= 1000));
+        if lit.len() <= 100 && exp_ok {
+            out.push_str(lit);
+        } else {
+            super::canonical::escape_string(lit, out);
+        }
+    };
+    let string = |s: &str, out: &mut String| super::canonical::escape_string(&s.replace('\0', "\u{FFFD}"), out);
     let mut out = String::new();
-    jsonb_value(v, &mut out);
+    super::canonical::write_plain(v, &mut out, &number, &string);
     out
-}
-
-fn jsonb_value(v: &Value, out: &mut String) {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(lit) => {
-            let exp_ok = lit
-                .split_once(['e', 'E'])
-                .is_none_or(|(_, e)| e.trim_start_matches(['+', '-']).parse::<u32>().is_ok_and(|e| e <= 1000));
-            if lit.len() <= 100 && exp_ok {
-                out.push_str(lit);
-            } else {
-                super::canonical::escape_string(lit, out);
-            }
-        }
-        Value::String(s) => super::canonical::escape_string(&s.replace('\0', "\u{FFFD}"), out),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                jsonb_value(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(members) => {
-            out.push('{');
-            for (i, (k, item)) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                super::canonical::escape_string(&k.replace('\0', "\u{FFFD}"), out);
-                out.push(':');
-                jsonb_value(item, out);
-            }
-            out.push('}');
-        }
-    }
 }
 
 #[cfg(test)]

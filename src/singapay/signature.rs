@@ -138,14 +138,18 @@ pub fn sha256_hex(body: &[u8]) -> String {
 
 /// The exact string Singapay signs.
 pub fn string_to_sign(endpoint: &[u8], token: &[u8], body: &[u8], timestamp: &[u8]) -> Vec<u8> {
-    let hashed = sha256_hex(body);
-    let mut s = Vec::with_capacity(endpoint.len() + token.len() + timestamp.len() + 64 + 10);
+    string_to_sign_hashed(endpoint, token, &sha256_hex(body), timestamp)
+}
+
+/// The same, from the body's SHA-256 in hex.
+pub fn string_to_sign_hashed(endpoint: &[u8], token: &[u8], body_sha256_hex: &str, timestamp: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(endpoint.len() + token.len() + timestamp.len() + body_sha256_hex.len() + 10);
     s.extend_from_slice(b"POST:");
     s.extend_from_slice(endpoint);
     s.push(b':');
     s.extend_from_slice(token);
     s.push(b':');
-    s.extend_from_slice(hashed.as_bytes());
+    s.extend_from_slice(body_sha256_hex.as_bytes());
     s.push(b':');
     s.extend_from_slice(timestamp);
     s

@@ -114,7 +114,10 @@ async fn the_router_produces_exactly_what_openapi_documents() {
     let doc = &YamlLoader::load_from_str(&text).expect("openapi.yaml parses")[0];
     assert_eq!(doc["openapi"].as_str(), Some("3.1.0"));
 
-    let app = TestApp::spawn().await;
+    // A small cap, so an oversized body still fits in the socket buffers: the 413 is sent
+    // before the body is read, and a client still writing megabytes may see the connection
+    // close instead of the answer.
+    let app = TestApp::spawn_with(|s| s.max_body_bytes = 4096).await;
     let fenced = TestApp::spawn_with(|s| s.allowed_source_cidrs = Some(vec!["192.0.2.0/24".parse().unwrap()])).await;
     let closed = format!("postgres://postgres@127.0.0.1:{}/none", singapay_webhooks::embedded_pg::free_port().unwrap());
     let lazy = sqlx::postgres::PgPoolOptions::new().connect_lazy(&closed).unwrap();
@@ -137,7 +140,7 @@ async fn the_router_produces_exactly_what_openapi_documents() {
         let array = b"[1,2,3]".to_vec();
         seen.push(call(&app, template, "POST", path, &signed(&app, path, &array, true), array).await);
         seen.push(call(&app, template, "POST", path, &[], body.clone()).await);
-        seen.push(call(&app, template, "POST", path, &[], vec![b' '; 2_000_000]).await);
+        seen.push(call(&app, template, "POST", path, &[], vec![b' '; 10_000]).await);
         seen.push(call(&fenced, template, "POST", path, &[], body.clone()).await);
         seen.push(call(&broken, template, "POST", path, &signed(&broken, path, &body, false), body.clone()).await);
         seen.push(call(&down, template, "POST", path, &signed(&down, path, &body, false), body.clone()).await);
