@@ -8,7 +8,7 @@ use singapay_webhooks::singapay::simulate::{self, Spec};
 use singapay_webhooks::singapay::webhook::WebhookType;
 use singapay_webhooks::singapay::Body;
 
-use crate::helpers::{random_hex, TestApp, DEFAULT_PATH};
+use crate::helpers::{fresh_database, random_hex, TestApp, DEFAULT_PATH};
 use crate::process::{env, run};
 
 async fn send(app: &TestApp, args: &[&str]) -> (bool, String, String) {
@@ -25,7 +25,18 @@ type SendCase =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_delivers_every_type_with_the_chosen_values() {
-    let app = TestApp::spawn().await;
+    // A real `serve` process, as deployed.
+    let (db_url, db) = fresh_database().await;
+    let secret = format!("cs_{}", random_hex(10));
+    let port = singapay_webhooks::embedded_pg::free_port().unwrap();
+    let vars = env(&[
+        ("DATABASE_URL", &db_url),
+        ("SINGAPAY_WEBHOOK_SECRETS", &format!("primary={secret}")),
+        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+    ]);
+    let mut server = crate::process::serve(&["serve"], &vars, port);
+    server.wait_ready().await;
+    let url = server.url(DEFAULT_PATH);
     let cases: [SendCase; 13] = [
         ("va-transaction", "paid", None, Some("succeeded"), None, "va"),
         ("qris-acquirer-transaction", "paid", None, Some("succeeded"), None, "qris"),
@@ -48,13 +59,16 @@ async fn send_delivers_every_type_with_the_chosen_values() {
         if let Some(rc) = rc {
             args.extend_from_slice(&["--response-code", rc]);
         }
-        let (ok, out, err) = send(&app, &args).await;
+        args.extend_from_slice(&["--url", &url, "--secret", &secret]);
+        let mut all = vec!["send"];
+        all.extend_from_slice(&args);
+        let (ok, out, err) = run(&all, &[]).await;
         assert!(ok, "{kind}: {out} {err}");
         assert!(out.contains("-> 200"), "{kind}: {out}");
         let (wtype, st, code, key): (String, Option<String>, Option<String>, Option<String>) = sqlx::query_as(
             "SELECT webhook_type, status, response_code, transaction_key FROM singapay.deliveries ORDER BY id DESC LIMIT 1",
         )
-        .fetch_one(&app.db)
+        .fetch_one(&db)
         .await
         .unwrap();
         assert_eq!(wtype, kind);
@@ -67,7 +81,7 @@ async fn send_delivers_every_type_with_the_chosen_values() {
         let (state, merchant_ref): (String, Option<String>) =
             sqlx::query_as("SELECT status, merchant_reference FROM singapay.transactions WHERE transaction_key = $1")
                 .bind(&expected_key)
-                .fetch_one(&app.db)
+                .fetch_one(&db)
                 .await
                 .unwrap_or_else(|e| panic!("{kind}: no transaction {expected_key}: {e}"));
         assert_eq!(state, want_status.unwrap_or("expired"), "{kind}");
@@ -76,6 +90,8 @@ async fn send_delivers_every_type_with_the_chosen_values() {
             assert_eq!(merchant_ref.as_deref(), Some(reference.as_str()), "{kind}");
         }
     }
+    server.signal("TERM");
+    assert!(server.wait_exit(std::time::Duration::from_secs(30)).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
