@@ -1,6 +1,7 @@
 //! Running it in production: the container's command, metrics, logs, shutdown.
 
 use std::collections::HashMap;
+use std::process::Command;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -64,6 +65,7 @@ async fn the_container_runs_serve_with_the_compose_environment() {
     assert!(last_stage.contains("EXPOSE 8080"));
     let healthcheck = last_stage.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect::<String>();
     assert!(healthcheck.contains("\"healthcheck\"") && !healthcheck.contains("curl"), "{healthcheck}");
+    build_stage_loads_its_manifest(&dockerfile);
     let entrypoint = exec_form(&dockerfile, "ENTRYPOINT");
     assert_eq!(exec_form(&dockerfile, "CMD"), ["serve"]);
     assert_eq!(entrypoint, ["/usr/local/bin/singapay-webhooks"]);
@@ -128,6 +130,58 @@ async fn the_container_runs_serve_with_the_compose_environment() {
     let health = process::spawn(&["healthcheck"], &vars);
     let status = tokio::task::spawn_blocking(move || health.wait_with_output()).await.unwrap().unwrap();
     assert!(!status.status.success());
+}
+
+/// Replays the build stage's COPY steps into an empty directory (the first RUN's stub
+/// sources included) and has Cargo load the manifest after each: a target Cargo.toml
+/// declares but the image lacks fails here, not in `docker build`.
+fn build_stage_loads_its_manifest(dockerfile: &str) {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ctx = tempfile::tempdir().unwrap();
+    // The first stage: from the first FROM up to the next.
+    let build_stage: Vec<&str> = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .collect();
+    let mut runs = 0;
+    for line in build_stage {
+        if let Some(args) = line.strip_prefix("COPY ") {
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            let (dest, sources) = parts.split_last().unwrap();
+            for src in sources {
+                let to = if dest.ends_with('/') && sources.len() > 1 || *dest == "./" {
+                    ctx.path().join(src)
+                } else {
+                    ctx.path().join(dest)
+                };
+                let status = Command::new("cp").arg("-r").arg(repo.join(src)).arg(&to).status().unwrap();
+                assert!(status.success(), "COPY {src}");
+            }
+        } else if line.starts_with("RUN ") {
+            runs += 1;
+            if runs == 1 {
+                // The dependency-caching step builds stub sources.
+                std::fs::create_dir_all(ctx.path().join("src")).unwrap();
+                std::fs::write(ctx.path().join("src/main.rs"), "fn main() {}").unwrap();
+                std::fs::write(ctx.path().join("src/lib.rs"), "").unwrap();
+            }
+            // Asking for a binary that does not exist makes Cargo load and check every target
+            // the manifest declares, then stop before compiling anything.
+            let out = Command::new(env!("CARGO"))
+                .args(["check", "--offline", "--bin", "manifest-check-only"])
+                .current_dir(ctx.path())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("no bin target named `manifest-check-only`"),
+                "before RUN #{runs}, cargo cannot load the manifest: {stderr}"
+            );
+        }
+    }
+    assert!(runs >= 2, "a dependency step and a build step");
 }
 
 async fn post(server: &Server, secret: &str, body: &str, ts: i64) -> u16 {
