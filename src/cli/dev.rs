@@ -77,7 +77,7 @@ async fn run(
     } else {
         "from SINGAPAY_WEBHOOK_SECRETS".to_owned()
     };
-    println!(
+    let banner = format!(
         "singapay-webhooks dev\n\
          \x20 receiver : http://{addr}{path}  (POST; any sub-path too)\n\
          \x20 secret   : {secret_line}\n\
@@ -91,6 +91,12 @@ async fn run(
         port = cluster.port,
         secret_file = data_dir.join("dev-secret").display(),
     );
+    // One write, and a closed stdout (`dev | head`) must never take the receiver down.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
+    }
     let state = startup::production_state(pool.clone(), settings.clone());
     startup::run(listener, admin, state, shutdown).await?;
     pool.close().await;

@@ -22,6 +22,14 @@ pub use send::{send, SendArgs};
 pub use serve::serve;
 pub use verify::{verify, VerifyArgs};
 
+/// Prints a line to stdout. A closed stdout (`… | head`) loses the output, never the
+/// command: exit codes (verify's match/mismatch, send's 2xx check) must still hold.
+pub(crate) fn say(text: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "singapay-webhooks", version, about = "Receives, verifies and durably records Singapay callbacks.")]
 pub struct Cli {

@@ -107,7 +107,7 @@ pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()>
     print_outcome(&what, &stored);
     if args.dry_run {
         tx.rollback().await?;
-        println!("dry run: nothing was written");
+        super::say("dry run: nothing was written");
     } else {
         tx.commit().await?;
     }
@@ -117,15 +117,15 @@ pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()>
 
 fn print_outcome(what: &str, s: &Stored) {
     let kind = if s.duplicate { "already stored" } else { "stored" };
-    println!("{what}: {kind} as delivery {}, outcome {}", s.delivery_id, s.outcome);
+    super::say(format!("{what}: {kind} as delivery {}, outcome {}", s.delivery_id, s.outcome));
     for ch in &s.changes {
-        println!(
+        super::say(format!(
             "  {}: {} -> {} ({}, version {})",
             ch.transaction_key,
             ch.from_status.as_deref().unwrap_or("(new)"),
             ch.to_status,
             ch.transition.as_str(),
             ch.version
-        );
+        ));
     }
 }

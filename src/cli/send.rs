@@ -205,7 +205,7 @@ pub async fn send(args: SendArgs, configured: Option<SecretString>) -> Result<()
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         if args.dry_run {
-            println!("{}\n", http_message(&signed, &host));
+            super::say(format!("{}\n", http_message(&signed, &host)));
             continue;
         }
         let mut req = client.post(url.clone()).body(signed.body.clone());
@@ -215,13 +215,13 @@ pub async fn send(args: SendArgs, configured: Option<SecretString>) -> Result<()
         let resp = req.send().await.with_context(|| format!("POST {url}"))?;
         let code = resp.status();
         let answer = resp.text().await.unwrap_or_default();
-        println!(
+        super::say(format!(
             "{} {} status={status} -> {} {}",
             args.webhook_type.as_str(),
             form_name(args.form),
             code.as_u16(),
             answer.trim()
-        );
+        ));
         all_ok &= code.is_success();
     }
     if !all_ok {

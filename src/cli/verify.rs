@@ -159,6 +159,6 @@ pub async fn verify(args: VerifyArgs, settings: &Settings, database_url: Option<
         args.at.unwrap_or_else(|| chrono::Utc::now().timestamp()),
         settings.timestamp_tolerance_secs,
     );
-    print!("{}", report.text);
+    super::say(report.text.trim_end());
     Ok(matches!(report.verdict, Verdict::Match { .. }))
 }

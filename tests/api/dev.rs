@@ -10,11 +10,14 @@ use singapay_webhooks::embedded_pg::free_port;
 
 pub struct Dev {
     pub child: Child,
+    /// Where dev's stderr (its logs) goes, shown when something fails.
+    pub log: std::path::PathBuf,
     pub secret: String,
     pub psql_url: String,
 }
 
 pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
+    let log = data_dir.with_file_name(format!("dev-{port}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_singapay-webhooks"))
         .arg("dev")
         .arg("--data-dir")
@@ -24,16 +27,15 @@ pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
         .env_remove("SINGAPAY_WEBHOOK_SECRETS")
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .expect("run dev");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Keep draining after the caller has what it needs: dev's stdout stays open.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let (mut secret, mut psql_url) = (None, None);
@@ -49,7 +51,7 @@ pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
             psql_url = Some(rest.trim().to_owned());
         }
     }
-    Dev { child, secret: secret.unwrap(), psql_url: psql_url.unwrap() }
+    Dev { child, log, secret: secret.unwrap(), psql_url: psql_url.unwrap() }
 }
 
 pub fn stop_dev(mut dev: Dev) {
@@ -58,7 +60,8 @@ pub fn stop_dev(mut dev: Dev) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(exit) = dev.child.try_wait().unwrap() {
-            assert!(exit.success(), "dev exits cleanly on SIGTERM: {exit}");
+            let log = std::fs::read_to_string(&dev.log).unwrap_or_default();
+            assert!(exit.success(), "dev exits cleanly on SIGTERM: {exit}\n{log}");
             return;
         }
         assert!(Instant::now() < deadline, "dev did not stop");
