@@ -8,6 +8,7 @@ use ipnet::IpNet;
 
 use secrecy::SecretString;
 
+use crate::intake::IntakeSettings;
 use crate::singapay::signature::Credential;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub const VARIABLES: &[&str] = &[
     "ALLOWED_SOURCE_CIDRS",
     "TRUSTED_PROXY_HOPS",
     "DB_MAX_CONNECTIONS",
+    "INTAKE_WRITERS",
+    "INTAKE_BATCH_MAX",
+    "INTAKE_QUEUE_CAPACITY",
     "LOG_FORMAT",
     "RUST_LOG",
     "RETENTION_DAYS",
@@ -75,6 +79,8 @@ pub struct Settings {
     pub timestamp_tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub db_max_connections: u32,
+    /// Group commit: writers, batch size, queue bound.
+    pub intake: IntakeSettings,
     pub log_format: LogFormat,
 }
 
@@ -106,9 +112,16 @@ impl fmt::Debug for Settings {
             .field("timestamp_tolerance_secs", &self.timestamp_tolerance_secs)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("db_max_connections", &self.db_max_connections)
+            .field("intake", &self.intake)
             .field("log_format", &self.log_format)
             .finish()
     }
+}
+
+/// Intake writers by default: a quarter of the pool, between 1 and 4. Each holds one
+/// connection while it writes; more writers than cores mostly wait on each other.
+pub fn default_writers(db_max_connections: u32) -> usize {
+    (db_max_connections / 4).clamp(1, 4) as usize
 }
 
 pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
@@ -232,6 +245,21 @@ impl<'a> Env<'a> {
             return Err(bad("ADMIN_LISTEN_ADDR", "must differ from LISTEN_ADDR"));
         }
         let allowed_source_cidrs = self.raw("ALLOWED_SOURCE_CIDRS").map(|v| parse_cidrs(&v)).transpose()?;
+        let db_max_connections = self.ranged("DB_MAX_CONNECTIONS", 16, 1, 1000)? as u32;
+        let intake = IntakeSettings {
+            writers: self.ranged("INTAKE_WRITERS", default_writers(db_max_connections) as u64, 1, 64)? as usize,
+            batch_max: self.ranged("INTAKE_BATCH_MAX", 256, 1, 10_000)? as usize,
+            queue_capacity: self.ranged("INTAKE_QUEUE_CAPACITY", 1024, 1, 1_000_000)? as usize,
+        };
+        if intake.writers as u32 > db_max_connections {
+            return Err(bad(
+                "INTAKE_WRITERS",
+                format!(
+                    "{} writers need as many connections; DB_MAX_CONNECTIONS is {db_max_connections}",
+                    intake.writers
+                ),
+            ));
+        }
         Ok(Settings {
             credentials,
             listen_addr,
@@ -243,7 +271,8 @@ impl<'a> Env<'a> {
             signed_path_prefix,
             timestamp_tolerance_secs: self.ranged("TIMESTAMP_TOLERANCE_SECS", 300, 1, 7 * 24 * 3600)?,
             max_body_bytes: self.ranged("MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1024 * 1024)? as usize,
-            db_max_connections: self.ranged("DB_MAX_CONNECTIONS", 16, 1, 1000)? as u32,
+            db_max_connections,
+            intake,
             log_format: self.log_format()?,
         })
     }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod embedded_pg;
 pub mod http;
+pub mod intake;
 pub mod queue;
 pub mod singapay;
 pub mod startup;

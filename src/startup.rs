@@ -22,6 +22,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = Duration::from_secs(state.settings.shutdown_timeout_secs);
+    let writers = state.intake.writers();
     let (stop, stopped) = watch::channel(false);
     let when_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -38,6 +39,7 @@ pub async fn run(
                 .into_future(),
         )
     });
+    drop(state);
     shutdown.await;
     let _ = stop.send(true);
     let finished = async {
@@ -45,6 +47,9 @@ pub async fn run(
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        // The servers are gone and with them every handle to intake: the writers finish
+        // what is queued (a callback whose caller hung up is still committed) and stop.
+        writers.finished().await;
         main
     };
     match tokio::time::timeout(grace, finished).await {

@@ -39,6 +39,7 @@ pub mod metric {
     pub const TEST_PINGS: &str = "singapay_test_pings_total";
     pub const CALLBACK_DURATION: &str = "singapay_callback_duration_seconds";
     pub const STORAGE_DURATION: &str = "singapay_storage_duration_seconds";
+    pub const INTAKE_BATCH_SIZE: &str = "singapay_intake_batch_size";
     pub const QUEUE_EVENTS: &str = "singapay_queue_events";
     pub const QUEUE_DUE: &str = "singapay_queue_due_events";
     pub const QUEUE_OLDEST_DUE_AGE: &str = "singapay_queue_oldest_due_age_seconds";

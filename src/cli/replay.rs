@@ -7,9 +7,10 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::singapay::json::to_jsonb_text;
+use crate::singapay::signature::BodyForm;
 use crate::singapay::webhook::classify;
 use crate::singapay::Body;
-use crate::store::{self, Delivery, Stored};
+use crate::store::{self, Delivery, Signed, Stored, Write, Written};
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["delivery", "rejection"])))]
@@ -50,7 +51,8 @@ pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()>
                 .with_context(|| format!("no delivery {id}"))?;
             let analysed = Body::analyse(&body);
             let object = analysed.object().context("the stored body is not a JSON object")?;
-            (format!("delivery {id}"), store::reapply_in(&mut tx, id, &classify(object)).await?)
+            let write = Write::Reapply { delivery_id: id, classification: classify(object) };
+            (format!("delivery {id}"), write_one(&mut tx, write).await?)
         }
         (None, Some(id)) => {
             let row: Option<RejectionRow> = sqlx::query_as(
@@ -75,26 +77,30 @@ pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()>
             ) = row.with_context(|| format!("no rejected delivery {id}"))?;
             let analysed = Body::analyse(&body);
             let object = analysed.object().context("the rejected body is not a JSON object")?;
+            let classification = classify(object);
+            let payload = Some(to_jsonb_text(object));
             let delivery = Delivery {
-                content_sha256: analysed.content_sha256(&body),
-                classification: classify(object),
-                payload: Some(to_jsonb_text(object)),
-                partner_id,
-                credential,
-                signature_form: match form.as_str() {
-                    "php" => "php",
-                    "raw" => "raw",
-                    _ => "sorted",
+                signed: Signed {
+                    content_sha256: analysed.content_sha256(&body),
+                    partner_id,
+                    credential,
+                    signature_form: match form.as_str() {
+                        "php" => BodyForm::Php,
+                        "raw" => BodyForm::Raw,
+                        _ => BodyForm::Sorted,
+                    },
+                    signed_at: Some(signed_at.context("the rejection's timestamp is not representable")?),
+                    x_timestamp,
+                    request_path,
+                    request_id,
+                    x_signature,
+                    access_token,
+                    body,
                 },
-                signed_at: signed_at.context("the rejection's timestamp is not representable")?,
-                x_timestamp,
-                request_path,
-                request_id,
-                x_signature,
-                access_token,
-                body,
+                classification,
+                payload,
             };
-            let stored = store::record_in(&mut tx, &delivery).await?;
+            let stored = write_one(&mut tx, Write::Deliver(Box::new(delivery))).await?;
             sqlx::query("UPDATE singapay.rejected_deliveries SET replayed_delivery_id = $2 WHERE id = $1")
                 .bind(id)
                 .bind(stored.delivery_id)
@@ -115,9 +121,17 @@ pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()>
     Ok(())
 }
 
+/// Through the same store code as live callbacks, inside `tx`.
+async fn write_one(tx: &mut sqlx::PgConnection, write: Write) -> Result<Stored> {
+    match store::write(tx, std::slice::from_ref(&write)).await?.pop() {
+        Some(Written::Stored(stored)) => Ok(stored),
+        other => bail!("unexpected result of a replay: {other:?}"),
+    }
+}
+
 fn print_outcome(what: &str, s: &Stored) {
     let kind = if s.duplicate { "already stored" } else { "stored" };
-    super::say(format!("{what}: {kind} as delivery {}, outcome {}", s.delivery_id, s.outcome));
+    super::say(format!("{what}: {kind} as delivery {}, outcome {}", s.delivery_id, s.outcome.as_str()));
     for ch in &s.changes {
         super::say(format!(
             "  {}: {} -> {} ({}, version {})",

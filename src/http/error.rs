@@ -114,6 +114,8 @@ impl IntoResponse for ApiError {
             "error": { "type": self.kind(), "code": self.code(), "message": self.message() }
         });
         let mut resp = (self.status(), Json(body)).into_response();
+        // For the layers that count and log refusals (`webhook::observe`).
+        resp.extensions_mut().insert(self.clone());
         match self {
             ApiError::StorageUnavailable => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));

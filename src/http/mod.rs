@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, Method};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -22,6 +24,7 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, RETRY_AFTER_SECS};
 
 use crate::config::Settings;
+use crate::intake::Intake;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,15 +39,20 @@ pub struct AppState {
     pub clock: Clock,
     /// The Prometheus recorder's handle, when this process records metrics.
     pub metrics: Option<PrometheusHandle>,
+    /// Where verified callbacks go to be stored (group commit).
+    pub intake: Intake,
 }
 
 impl AppState {
+    /// Starts the intake writers on the current Tokio runtime.
     pub fn new(pool: PgPool, settings: Settings) -> Self {
+        let intake = Intake::start(pool.clone(), settings.intake);
         AppState {
             pool,
             settings: Arc::new(settings),
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
             metrics: None,
+            intake,
         }
     }
 }
@@ -63,10 +71,17 @@ pub fn router(state: AppState) -> Router {
     if state.settings.admin_listen_addr.is_none() {
         r = r.route("/metrics", get(metrics::render));
     }
+    // The callback handler with the layers every callback passes: observation outermost,
+    // then the source allowlist.
+    let callbacks: Router = Router::new()
+        .fallback(webhook::receive)
+        .layer(from_fn_with_state(state.clone(), source::allowlist))
+        .layer(from_fn(webhook::observe))
+        .with_state(state.clone());
     r
         // Callbacks are matched by hand so that no trailing-slash rule can ever redirect,
         // and every sub-path under WEBHOOK_PATH is accepted.
-        .fallback(dispatch)
+        .fallback(move |State(state): State<AppState>, req: Request| dispatch(state, callbacks.clone(), req))
         .with_state(state)
         // A bug answers 500 `internal` (Singapay retries once) instead of dropping the
         // connection; nothing was committed for that request.
@@ -82,7 +97,7 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
-async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+async fn dispatch(state: AppState, callbacks: Router, req: Request) -> Response {
     let prefix = state.settings.webhook_path.as_str();
     let path = req.uri().path();
     let under_prefix = path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
@@ -92,5 +107,8 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     if req.method() != Method::POST {
         return ApiError::MethodNotAllowed.into_response();
     }
-    webhook::receive(state, req).await
+    match callbacks.oneshot(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }

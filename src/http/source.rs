@@ -7,8 +7,29 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
+
+use super::{ApiError, AppState};
+
+/// The layer in front of the callback handler: with `ALLOWED_SOURCE_CIDRS` set, a request
+/// from elsewhere gets 403 before its body is read.
+pub async fn allowlist(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let settings = &state.settings;
+    if let Some(allowlist) = &settings.allowed_source_cidrs {
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let client = peer.and_then(|p| client_ip(p, req.headers(), settings.trusted_proxy_hops));
+        if !client.is_some_and(|ip| allowed(allowlist, ip)) {
+            tracing::Span::current().record("client", tracing::field::debug(&client));
+            tracing::warn!(peer = ?peer, "callback from a source outside ALLOWED_SOURCE_CIDRS");
+            return ApiError::IpNotAllowed.into_response();
+        }
+    }
+    next.run(req).await
+}
 
 fn parse_hop(s: &str) -> Option<IpAddr> {
     let s = s.trim();

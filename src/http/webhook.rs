@@ -1,38 +1,82 @@
-//! `POST {WEBHOOK_PATH}`: read (capped), verify, classify, store, and answer only after
-//! the commit.
+//! `POST {WEBHOOK_PATH}`: the callback as a pipeline of named steps. The source allowlist,
+//! the latency histogram, rejection counters and error logs are layers around it
+//! ([`observe`], [`super::source::allowlist`]); this module is only the flow.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::body::Body as HttpBody;
-use axum::extract::{ConnectInfo, Request};
-use axum::http::{header, HeaderMap};
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use metrics::{counter, histogram};
 use serde_json::json;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
-use super::{source, ApiError, AppState, REQUEST_ID};
+use super::{ApiError, AppState, REQUEST_ID};
+use crate::config::Settings;
 use crate::singapay::json::to_jsonb_text;
-use crate::singapay::signature::{self, SignedHeaders};
+use crate::singapay::signature::{self, SignedHeaders, Verified};
 use crate::singapay::webhook::{self, column_text, Subject};
 use crate::singapay::Body;
-use crate::store::{self, Delivery, Rejection, StoreError};
+use crate::store::{Delivery, Outcome, Rejection, Signed, StoreError, Stored, Write, Written};
 use crate::telemetry::metric;
 
-/// What a callback was answered with, for the metrics.
-enum Answer {
-    Stored { delivery_id: i64, duplicate: bool },
+/// Bodies larger than this are analysed on the blocking pool, so a large callback cannot
+/// stall the others.
+const ANALYSE_INLINE_MAX: usize = 64 * 1024;
+
+/// The callback's flow, step by step.
+pub async fn receive(State(state): State<AppState>, req: Request) -> Result<Answer, ApiError> {
+    let (parts, body) = req.into_parts();
+    let arrival = Arrival::read(&parts, &state.settings);
+    let raw = read_body(body, &parts.headers, state.settings.max_body_bytes).await?;
+    let (raw, body) = analyse(raw).await?;
+    if arrival.is_dashboard_test(&body) {
+        return Ok(Answer::TestPing);
+    }
+    let verified = verify(&state, &arrival, &raw, &body)?;
+    let delivery = classify(arrival.signed(&verified, &body, raw), &body)?;
+    if !verified.fresh {
+        return refuse_stale(&state, delivery).await;
+    }
+    store(&state, delivery).await
+}
+
+/// What a callback was answered with when it was not refused.
+pub enum Answer {
+    Stored(Stored),
     TestPing,
 }
 
-pub async fn receive(state: AppState, req: Request) -> Response {
+/// The `result` label of the latency histogram, left on the response for [`observe`].
+#[derive(Clone, Copy)]
+struct Handled(&'static str);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let (label, body) = match self {
+            Answer::Stored(s) => (
+                if s.duplicate { "duplicate" } else { "stored" },
+                json!({ "status": "success", "delivery_id": s.delivery_id, "duplicate": s.duplicate }),
+            ),
+            Answer::TestPing => ("test", json!({ "status": "success", "test": true })),
+        };
+        let mut response = Json(body).into_response();
+        response.extensions_mut().insert(Handled(label));
+        response
+    }
+}
+
+/// The layer around every callback: one `callback` span whose fields the steps fill in
+/// (never a secret, signature or token), the latency histogram, and for a refusal its
+/// counter and one log line.
+pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    // One span per callback; its fields are filled in as they become known and appear on
-    // every log line the callback produces. Never a secret, signature or token.
     let span = tracing::info_span!(
         "callback",
         webhook_type = Empty,
@@ -42,24 +86,95 @@ pub async fn receive(state: AppState, req: Request) -> Response {
         signature_form = Empty,
         credential = Empty,
         delivery_id = Empty,
+        rejected_delivery_id = Empty,
+        client = Empty,
     );
-    let result = handle(state, req).instrument(span).await;
-    let (label, response) = match result {
-        Ok(Answer::Stored { delivery_id, duplicate }) => (
-            if duplicate { "duplicate" } else { "stored" },
-            Json(json!({ "status": "success", "delivery_id": delivery_id, "duplicate": duplicate })).into_response(),
-        ),
-        Ok(Answer::TestPing) => {
-            counter!(metric::TEST_PINGS).increment(1);
-            ("test", Json(json!({ "status": "success", "test": true })).into_response())
-        }
-        Err(e) => {
+    let response = next.run(req).instrument(span.clone()).await;
+    let _in_span = span.enter();
+    let label = match response.extensions().get::<ApiError>() {
+        Some(e) => {
             counter!(metric::REJECTIONS, "code" => e.code()).increment(1);
-            ("rejected", e.into_response())
+            if e.status().is_server_error() {
+                tracing::error!(code = e.code(), error = %e, "callback not stored");
+            } else {
+                tracing::warn!(code = e.code(), error = %e, "callback refused");
+            }
+            "rejected"
         }
+        None => response.extensions().get::<Handled>().map_or("rejected", |r| r.0),
     };
+    if label == "test" {
+        counter!(metric::TEST_PINGS).increment(1);
+    }
     histogram!(metric::CALLBACK_DURATION, "result" => label).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The request as it arrived: what was signed besides the body, and its metadata.
+struct Arrival {
+    path_and_query: String,
+    endpoint: String,
+    request_id: Option<String>,
+    partner_id: Option<String>,
+    signature: Option<HeaderValue>,
+    timestamp: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
+}
+
+impl Arrival {
+    fn read(parts: &Parts, settings: &Settings) -> Arrival {
+        let h = &parts.headers;
+        let path_and_query = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |p| p.as_str()).to_owned();
+        Arrival {
+            endpoint: settings.signed_endpoint(&path_and_query),
+            path_and_query,
+            request_id: h.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            partner_id: lossy(h.get("x-partner-id").map(HeaderValue::as_bytes)),
+            signature: h.get("x-signature").cloned(),
+            timestamp: h.get("x-timestamp").cloned(),
+            authorization: h.get(header::AUTHORIZATION).cloned(),
+        }
+    }
+
+    fn headers(&self) -> SignedHeaders<'_> {
+        SignedHeaders {
+            signature: self.signature.as_ref().map(HeaderValue::as_bytes),
+            timestamp: self.timestamp.as_ref().map(HeaderValue::as_bytes),
+            authorization: self.authorization.as_ref().map(HeaderValue::as_bytes),
+        }
+    }
+
+    /// The dashboard "Test" button posts an unsigned dummy body: proof the URL is reachable.
+    fn is_dashboard_test(&self, body: &Body) -> bool {
+        let unsigned = self.signature.is_none() && self.timestamp.is_none() && self.authorization.is_none();
+        let test = unsigned && body.object().is_some_and(webhook::is_dashboard_test);
+        if test {
+            tracing::info!(path = %self.path_and_query, "dashboard test ping acknowledged, nothing stored");
+        }
+        test
+    }
+
+    /// What was signed, built once for a delivery or a rejection.
+    fn signed(self, verified: &Verified, body: &Body, raw: Vec<u8>) -> Signed {
+        let headers = self.headers();
+        Signed {
+            content_sha256: body.content_sha256(&raw),
+            credential: verified.credential.clone(),
+            signature_form: verified.form,
+            signed_at: i64::try_from(verified.timestamp).ok().and_then(|t| DateTime::from_timestamp(t, 0)),
+            x_timestamp: verified.timestamp_text.clone(),
+            request_path: column_text(&self.path_and_query),
+            x_signature: lossy(headers.signature).unwrap_or_default().to_ascii_lowercase(),
+            access_token: lossy(headers.authorization.map(signature::bearer_token)).unwrap_or_default(),
+            request_id: self.request_id,
+            partner_id: self.partner_id,
+            body: raw,
+        }
+    }
+}
+
+fn lossy(b: Option<&[u8]>) -> Option<String> {
+    b.map(|b| column_text(&String::from_utf8_lossy(b)))
 }
 
 async fn read_body(body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
@@ -83,214 +198,110 @@ async fn read_body(body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Ve
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get(name).map(|v| v.as_bytes())
+/// Parses the body and builds every form a signer may have hashed.
+async fn analyse(raw: Vec<u8>) -> Result<(Vec<u8>, Body), ApiError> {
+    if raw.len() <= ANALYSE_INLINE_MAX {
+        let body = Body::analyse(&raw);
+        return Ok((raw, body));
+    }
+    tokio::task::spawn_blocking(move || {
+        let body = Body::analyse(&raw);
+        (raw, body)
+    })
+    .await
+    .map_err(|_| ApiError::Internal)
 }
 
-fn lossy(b: Option<&[u8]>) -> Option<String> {
-    b.map(|b| column_text(&String::from_utf8_lossy(b)))
-}
-
-async fn handle(state: AppState, req: Request) -> Result<Answer, ApiError> {
-    let settings = state.settings.clone();
-    let (parts, body) = req.into_parts();
-    let headers = parts.headers;
-    if let Some(allowlist) = &settings.allowed_source_cidrs {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        let client = peer.and_then(|p| source::client_ip(p, &headers, settings.trusted_proxy_hops));
-        if !client.is_some_and(|ip| source::allowed(allowlist, ip)) {
-            tracing::warn!(peer = ?peer, client = ?client, "callback from a source outside ALLOWED_SOURCE_CIDRS refused");
-            return Err(ApiError::IpNotAllowed);
-        }
-    }
-    let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let path_and_query =
-        parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let endpoint = settings.signed_endpoint(&path_and_query);
-
-    let raw = read_body(body, &headers, settings.max_body_bytes).await?;
-    let signed = SignedHeaders {
-        signature: header(&headers, "x-signature"),
-        timestamp: header(&headers, "x-timestamp"),
-        authorization: header(&headers, header::AUTHORIZATION.as_str()),
-    };
-    // Parsing and canonicalising a large body is milliseconds of CPU: off the async workers.
-    let (raw, analysed) = if raw.len() > 64 * 1024 {
-        tokio::task::spawn_blocking(move || {
-            let analysed = Body::analyse(&raw);
-            (raw, analysed)
-        })
-        .await
-        .map_err(|_| ApiError::Internal)?
-    } else {
-        let analysed = Body::analyse(&raw);
-        (raw, analysed)
-    };
-
-    // The dashboard "Test" button posts an unsigned dummy body: proof the URL is reachable.
-    let unsigned = signed.signature.is_none() && signed.timestamp.is_none() && signed.authorization.is_none();
-    if unsigned && analysed.object().is_some_and(webhook::is_dashboard_test) {
-        tracing::info!(path = %parts.uri.path(), "dashboard test ping acknowledged, nothing stored");
-        return Ok(Answer::TestPing);
-    }
-
+fn verify(state: &AppState, arrival: &Arrival, raw: &[u8], body: &Body) -> Result<Verified, ApiError> {
+    let s = &state.settings;
     let now = (state.clock)();
+    let forms = body.forms(raw);
     let verified = signature::verify(
-        signed,
-        endpoint.as_bytes(),
-        analysed.forms(&raw),
-        &settings.credentials,
+        arrival.headers(),
+        arrival.endpoint.as_bytes(),
+        forms,
+        &s.credentials,
         now,
-        settings.timestamp_tolerance_secs,
-    )
-    .map_err(|e| {
-        tracing::warn!(reason = e.code(), endpoint = %endpoint, body_bytes = raw.len(), "delivery refused");
-        ApiError::from(e)
-    })?;
+        s.timestamp_tolerance_secs,
+    )?;
+    Span::current().record("signature_form", verified.form.as_str()).record("credential", verified.credential.as_str());
+    Ok(verified)
+}
 
-    let Some(object) = analysed.object() else {
-        let why = match &analysed.parsed {
+/// What the body says; an authentic body that is not a JSON object is refused.
+fn classify(signed: Signed, body: &Body) -> Result<Delivery, ApiError> {
+    let Some(object) = body.object() else {
+        let why = match &body.parsed {
             Err(e) => e.to_string(),
             Ok(_) => "top level is not a JSON object".to_owned(),
         };
-        tracing::warn!(reason = %why, credential = %verified.credential, "authentic delivery with unusable body");
         return Err(ApiError::InvalidBody(why));
     };
-    let span = Span::current();
-    span.record("signature_form", verified.form.as_str());
-    span.record("credential", verified.credential.as_str());
-    let content_sha256 = analysed.content_sha256(&raw);
     let classification = webhook::classify(object);
-    let webhook_type = classification.webhook_type.as_str();
-    span.record("webhook_type", webhook_type);
-    if let Some(key) = classification.single().map(|c| c.transaction_key.as_str()) {
-        span.record("transaction_key", key);
+    let span = Span::current();
+    span.record("webhook_type", classification.webhook_type.as_str());
+    if let Some(c) = classification.single() {
+        span.record("transaction_key", c.transaction_key.as_str());
     }
-    let signed_at = i64::try_from(verified.timestamp).ok().and_then(|t| DateTime::from_timestamp(t, 0));
-    let x_signature = lossy(signed.signature).unwrap_or_default().to_ascii_lowercase();
-    let access_token = lossy(signed.authorization.map(signature::bearer_token)).unwrap_or_default();
-    let partner_id = lossy(header(&headers, "x-partner-id"));
+    Ok(Delivery { signed, classification, payload: Some(to_jsonb_text(object)) })
+}
 
-    if !verified.fresh {
-        return stale(
-            &state,
-            webhook_type,
-            content_sha256,
-            &verified,
-            signed_at,
-            Rejection {
-                content_sha256,
-                reason: "stale_timestamp",
-                x_timestamp: verified.timestamp_text.clone(),
-                signed_at,
-                partner_id,
-                credential: verified.credential.clone(),
-                signature_form: verified.form.as_str(),
-                request_path: column_text(&path_and_query),
-                request_id,
-                x_signature,
-                access_token,
-                body: raw,
-            },
-        )
-        .await;
-    }
-
-    let delivery = Delivery {
-        content_sha256,
-        payload: Some(to_jsonb_text(object)),
-        classification,
-        partner_id,
-        credential: verified.credential.clone(),
-        signature_form: verified.form.as_str(),
-        // A fresh timestamp is within the tolerance of now, so it is representable.
-        signed_at: signed_at.unwrap_or_else(Utc::now),
-        x_timestamp: verified.timestamp_text.clone(),
-        request_path: column_text(&path_and_query),
-        request_id,
-        x_signature,
-        access_token,
-        body: raw,
+/// Hands the delivery to intake and answers once it is committed.
+async fn store(state: &AppState, delivery: Delivery) -> Result<Answer, ApiError> {
+    let c = delivery.classification.clone();
+    let form = delivery.signed.signature_form;
+    let Written::Stored(s) = state.intake.submit(Write::Deliver(Box::new(delivery))).await.map_err(storage_error)?
+    else {
+        return Err(ApiError::Internal);
     };
-
-    // Storage runs to completion even if Singapay hangs up: the callback is either
-    // committed or rolled back, never cut off half-way.
-    let pool = state.pool.clone();
-    let stored = tokio::spawn(async move {
-        let started = Instant::now();
-        let result = store::record(&pool, &delivery).await;
-        histogram!(metric::STORAGE_DURATION).record(started.elapsed().as_secs_f64());
-        (result, delivery)
-    })
-    .await;
-    let (result, delivery) = stored.map_err(|e| {
-        tracing::error!(error = %e, "storage task failed");
-        ApiError::Internal
-    })?;
-    let c = &delivery.classification;
-    let key = c.single().map(|s| s.transaction_key.as_str());
+    let webhook_type = c.webhook_type.as_str();
+    Span::current()
+        .record("outcome", s.outcome.as_str())
+        .record("duplicate", s.duplicate)
+        .record("delivery_id", s.delivery_id);
+    if s.duplicate {
+        counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
+    } else {
+        counter!(metric::DELIVERIES, "webhook_type" => webhook_type, "outcome" => s.outcome.as_str(),
+            "signature_form" => form.as_str())
+        .increment(1);
+    }
     let items = match &c.subject {
         Subject::Batch(items) => items.len(),
-        _ => usize::from(key.is_some()),
+        _ => usize::from(c.single().is_some()),
     };
-    match result {
-        Ok(s) => {
-            span.record("outcome", s.outcome.as_str());
-            span.record("duplicate", s.duplicate);
-            span.record("delivery_id", s.delivery_id);
-            if s.duplicate {
-                counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
-            } else {
-                counter!(metric::DELIVERIES, "webhook_type" => webhook_type, "outcome" => s.outcome.clone(),
-                    "signature_form" => verified.form.as_str())
-                .increment(1);
-            }
-            tracing::info!(items, needs_inquiry = c.needs_inquiry, "delivery stored");
-            if s.outcome == "conflict" && !s.duplicate {
-                tracing::warn!(status = ?c.single().and_then(|s| s.status.as_deref()),
-                    "terminal status contradicts the stored terminal status; stored, not applied");
-            }
-            Ok(Answer::Stored { delivery_id: s.delivery_id, duplicate: s.duplicate })
-        }
-        Err(e) => Err(storage_error(e)),
+    tracing::info!(items, needs_inquiry = c.needs_inquiry, "delivery stored");
+    if s.outcome == Outcome::Conflict && !s.duplicate {
+        tracing::warn!(status = ?c.single().and_then(|s| s.status.as_deref()),
+            "terminal status contradicts the stored terminal status; stored, not applied");
     }
+    Ok(Answer::Stored(s))
 }
 
 fn storage_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Unavailable(cause) => {
-            tracing::error!(error = %cause, "storage unavailable; answering 503 so Singapay retries");
-            ApiError::StorageUnavailable
-        }
-        StoreError::Internal(cause) => {
-            tracing::error!(error = %cause, "storage failed");
-            ApiError::Internal
-        }
+    if e.is_transient() {
+        ApiError::StorageUnavailable
+    } else {
+        ApiError::Internal
     }
 }
 
 /// Authentic but outside the time window: a retry of stored content is harmless; new
 /// content is refused and kept for an operator to `replay`.
-async fn stale(
-    state: &AppState,
-    webhook_type: &'static str,
-    content_sha256: [u8; 32],
-    verified: &signature::Verified,
-    signed_at: Option<DateTime<Utc>>,
-    rejection: Rejection,
-) -> Result<Answer, ApiError> {
-    if let Some(id) = store::touch_known(&state.pool, &content_sha256).await.map_err(storage_error)? {
-        Span::current().record("duplicate", true).record("delivery_id", id);
-        counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
-        tracing::info!("stale retry of a stored delivery acknowledged");
-        return Ok(Answer::Stored { delivery_id: id, duplicate: true });
+async fn refuse_stale(state: &AppState, delivery: Delivery) -> Result<Answer, ApiError> {
+    let webhook_type = delivery.classification.webhook_type.as_str();
+    let rejection = Rejection { signed: delivery.signed, reason: "stale_timestamp" };
+    let span = Span::current();
+    match state.intake.submit(Write::Stale(rejection)).await.map_err(storage_error)? {
+        Written::Stored(s) => {
+            span.record("duplicate", true).record("delivery_id", s.delivery_id);
+            counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
+            tracing::info!("stale retry of a stored delivery acknowledged");
+            Ok(Answer::Stored(s))
+        }
+        Written::Rejected { rejection_id } => {
+            span.record("rejected_delivery_id", rejection_id);
+            Err(ApiError::StaleTimestamp)
+        }
     }
-    let id = store::record_rejection(&state.pool, &rejection).await.map_err(storage_error)?;
-    tracing::warn!(
-        rejected_delivery_id = id,
-        x_timestamp = verified.timestamp,
-        signed_at = ?signed_at,
-        "authentic delivery refused: timestamp outside tolerance"
-    );
-    Err(ApiError::StaleTimestamp)
 }

@@ -2,6 +2,7 @@
 //! in one transaction; idempotency comes from unique keys (`ON CONFLICT`), never from a
 //! read followed by a write.
 
+mod batch;
 mod deliveries;
 mod events;
 mod prune;
@@ -13,29 +14,51 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-pub use deliveries::{reapply_in, record, record_in, record_rejection, touch_known, Delivery, Rejection, Stored};
+pub use batch::{write, BatchError, Write, Written};
+pub use deliveries::{Delivery, Outcome, Rejection, Signed, Stored};
 pub use events::{event_id, EVENT_NAMESPACE_NAME};
 pub use prune::{prune, PruneReport};
 pub use transactions::StateChange;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-#[derive(Debug, thiserror::Error)]
+/// Why something could not be stored. Cloneable: one failed batch answers every request
+/// in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Postgres unreachable, pool exhausted, or contention that outlived our retries:
     /// Singapay should try again later.
     #[error("storage unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(String),
+    /// More callbacks are waiting to be written than `INTAKE_QUEUE_CAPACITY`.
+    #[error("storage busy: the intake queue is full")]
+    Busy,
     #[error("storage error: {0}")]
-    Internal(#[source] sqlx::Error),
+    Internal(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, StoreError::Internal(_))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_transient(&e) {
-            StoreError::Unavailable(e)
+            StoreError::Unavailable(e.to_string())
         } else {
-            StoreError::Internal(e)
+            StoreError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<BatchError> for StoreError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Db(e) => e.into(),
+            // Still racing after the retries: contention, try again later.
+            BatchError::Raced(_) => StoreError::Unavailable(e.to_string()),
         }
     }
 }
@@ -51,15 +74,33 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             // 08: connection exception; 40001/40P01: serialization failure/deadlock;
-            // 53: insufficient resources; 57: operator intervention (shutdown, timeout).
-            c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("53") || c.starts_with("57")
+            // 53: insufficient resources; 55P03: lock_timeout; 57: operator intervention
+            // (shutdown, statement timeout).
+            c.starts_with("08")
+                || c == "40001"
+                || c == "40P01"
+                || c == "55P03"
+                || c.starts_with("53")
+                || c.starts_with("57")
         }),
         _ => false,
     }
 }
 
-fn is_retryable_conflict(e: &sqlx::Error) -> bool {
+/// Serialization failures and deadlocks: retrying at once usually succeeds.
+pub fn is_retryable_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+}
+
+/// The connection itself is broken (Postgres restarted, the network cut): a new one may work.
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
 }
 
 /// A pool that connects lazily, so the service starts (and keeps running) while Postgres
@@ -72,7 +113,9 @@ pub fn pool(database_url: &SecretString, max_connections: u32) -> Result<PgPool,
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(3))
-        .test_before_acquire(true)
+        // No ping per acquire: a broken connection fails its statement, is closed instead
+        // of being returned (intake retries on a new one), and the pool opens replacements.
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 

@@ -1,17 +1,14 @@
-//! The state machine's writes: current state per transaction, one queue row per change.
+//! The state machine over a batch: the current state of every transaction the batch
+//! touches, as locked at its start, with each reported status applied in arrival order
+//! exactly as if the deliveries had been stored one by one.
 
-use sqlx::PgConnection;
+use std::collections::HashMap;
 
-use super::events::{self, EventFacts};
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+
 use crate::singapay::status::{self, Transition};
 use crate::singapay::webhook::Change;
-
-pub struct Context<'a> {
-    pub delivery_id: i64,
-    pub webhook_type: &'a str,
-    pub event: Option<&'a str>,
-    pub response_code: Option<&'a str>,
-}
 
 /// What applying one reported status did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,135 +21,157 @@ pub struct StateChange {
     pub version: i32,
 }
 
-/// Applies one reported status under the transaction's row lock. Concurrent deliveries for
-/// one key serialise here, so versions are gap-free and each gets exactly one queue row.
-pub async fn apply(
-    conn: &mut PgConnection,
-    change: &Change,
-    to_status: &str,
-    ctx: &Context<'_>,
-) -> Result<StateChange, sqlx::Error> {
-    let done = |transition, from_status: Option<&str>, version| StateChange {
-        transaction_key: change.transaction_key.clone(),
-        transition,
-        from_status: from_status.map(str::to_owned),
-        to_status: to_status.to_owned(),
-        version,
-    };
-    // Two rounds at most: when a concurrent delivery creates the row between our SELECT
-    // and INSERT, the INSERT waits for it, does nothing, and the next SELECT locks it.
-    for _ in 0..3 {
-        let current: Option<(String, i32)> =
-            sqlx::query_as("SELECT status, version FROM singapay.transactions WHERE transaction_key = $1 FOR UPDATE")
-                .bind(&change.transaction_key)
-                .fetch_optional(&mut *conn)
-                .await?;
-        match current {
-            None => {
-                let created: Option<i32> = sqlx::query_scalar(
-                    "INSERT INTO singapay.transactions
-                        (transaction_key, product, singapay_id, merchant_reference, status,
-                         transaction_status_code, last_response_code, amount, currency, version,
-                         first_delivery_id, last_delivery_id, processed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, 1, $10, $10, $11)
-                     ON CONFLICT (transaction_key) DO NOTHING
-                     RETURNING version",
-                )
-                .bind(&change.transaction_key)
-                .bind(change.product.as_str())
-                .bind(&change.singapay_id)
-                .bind(&change.merchant_reference)
-                .bind(to_status)
-                .bind(&change.transaction_status_code)
-                .bind(ctx.response_code)
-                .bind(&change.amount)
-                .bind(&change.currency)
-                .bind(ctx.delivery_id)
-                .bind(change.occurred_at)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if created.is_some() {
-                    enqueue(conn, change, to_status, 1, None, ctx).await?;
-                    return Ok(done(Transition::Applied, None, 1));
-                }
-            }
-            Some((current_status, version)) => {
-                let t = status::decide(change.product, Some(&current_status), to_status);
-                if t == Transition::Applied {
-                    sqlx::query(
-                        "UPDATE singapay.transactions SET
-                            status = $2,
-                            transaction_status_code = COALESCE($3, transaction_status_code),
-                            last_response_code = COALESCE($4, last_response_code),
-                            amount = COALESCE($5::numeric, amount),
-                            currency = COALESCE($6, currency),
-                            singapay_id = COALESCE(singapay_id, $7),
-                            merchant_reference = COALESCE(merchant_reference, $8),
-                            processed_at = COALESCE($9, processed_at),
-                            version = version + 1,
-                            last_delivery_id = $10,
-                            updated_at = now()
-                         WHERE transaction_key = $1",
-                    )
-                    .bind(&change.transaction_key)
-                    .bind(to_status)
-                    .bind(&change.transaction_status_code)
-                    .bind(ctx.response_code)
-                    .bind(&change.amount)
-                    .bind(&change.currency)
-                    .bind(&change.singapay_id)
-                    .bind(&change.merchant_reference)
-                    .bind(change.occurred_at)
-                    .bind(ctx.delivery_id)
-                    .execute(&mut *conn)
-                    .await?;
-                    enqueue(conn, change, to_status, version + 1, Some(&current_status), ctx).await?;
-                    return Ok(done(t, Some(&current_status), version + 1));
-                }
-                return Ok(done(t, Some(&current_status), version));
-            }
-        }
-    }
-    Err(sqlx::Error::Protocol("transaction row neither found nor created after 3 attempts".into()))
+/// Which delivery caused something: one already stored, or the n-th new row of the batch
+/// (its id is known once the batch's deliveries are inserted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryRef {
+    Stored(i64),
+    New(usize),
 }
 
-async fn enqueue(
-    conn: &mut PgConnection,
-    change: &Change,
-    to_status: &str,
-    version: i32,
-    from_status: Option<&str>,
-    ctx: &Context<'_>,
-) -> Result<(), sqlx::Error> {
-    let event_id = events::event_id(&change.transaction_key, version);
-    let doc = events::document(&EventFacts {
-        event_id,
-        change,
-        to_status,
-        version,
-        from_status,
-        webhook_type: ctx.webhook_type,
-        event: ctx.event,
-        response_code: ctx.response_code,
-        delivery_id: ctx.delivery_id,
-    });
-    sqlx::query(
-        "INSERT INTO singapay.transaction_events
-            (event_id, transaction_key, version, webhook_type, from_status, to_status,
-             response_code, transaction_status_code, delivery_id, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)",
-    )
-    .bind(event_id)
-    .bind(&change.transaction_key)
-    .bind(version)
-    .bind(ctx.webhook_type)
-    .bind(from_status)
-    .bind(to_status)
-    .bind(ctx.response_code)
-    .bind(&change.transaction_status_code)
-    .bind(ctx.delivery_id)
-    .bind(doc.to_string())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+/// A `singapay.transactions` row as the batch sees it.
+#[derive(Debug, Clone, FromRow)]
+pub struct TransactionRow {
+    pub transaction_key: String,
+    pub product: String,
+    pub status: String,
+    pub version: i32,
+    pub transaction_status_code: Option<String>,
+    pub last_response_code: Option<String>,
+    /// `numeric` as text, so it is written back exactly.
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub singapay_id: Option<String>,
+    pub merchant_reference: Option<String>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+/// The columns `lock` reads, in `TransactionRow`'s names.
+pub const ROW_COLUMNS: &str = "transaction_key, product, status, version, transaction_status_code,
+    last_response_code, amount::text AS amount, currency, singapay_id, merchant_reference, processed_at";
+
+pub struct Tracked {
+    pub row: TransactionRow,
+    /// False for a transaction this batch creates.
+    pub stored: bool,
+    /// Whether the batch changed it.
+    pub changed: bool,
+    pub first_delivery: DeliveryRef,
+    pub last_delivery: DeliveryRef,
+}
+
+/// The request-level facts every change of one delivery shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub delivery: DeliveryRef,
+    pub webhook_type: &'a str,
+    pub event: Option<&'a str>,
+    pub response_code: Option<&'a str>,
+}
+
+/// One queue row to write.
+pub struct PlannedEvent<'a> {
+    pub change: &'a Change,
+    pub ctx: Context<'a>,
+    pub to_status: &'a str,
+    pub version: i32,
+    pub from_status: Option<String>,
+}
+
+/// The batch's view of every transaction it touches, and the queue rows it decided.
+#[derive(Default)]
+pub struct Ledger<'a> {
+    pub rows: HashMap<String, Tracked>,
+    pub events: Vec<PlannedEvent<'a>>,
+}
+
+impl<'a> Ledger<'a> {
+    pub fn new(locked: Vec<TransactionRow>) -> Self {
+        let rows = locked
+            .into_iter()
+            .map(|row| {
+                let t = Tracked {
+                    row,
+                    stored: true,
+                    changed: false,
+                    // Only read for rows the batch creates.
+                    first_delivery: DeliveryRef::Stored(0),
+                    last_delivery: DeliveryRef::Stored(0),
+                };
+                (t.row.transaction_key.clone(), t)
+            })
+            .collect();
+        Ledger { rows, events: Vec::new() }
+    }
+
+    /// Applies one reported status (DESIGN §5) and plans its queue row when it changes
+    /// the transaction.
+    pub fn apply(&mut self, change: &'a Change, to_status: &'a str, ctx: Context<'a>) -> StateChange {
+        let key = &change.transaction_key;
+        let (transition, from_status, version) = match self.rows.get_mut(key) {
+            None => {
+                let row = TransactionRow {
+                    transaction_key: key.clone(),
+                    product: change.product.as_str().to_owned(),
+                    status: to_status.to_owned(),
+                    version: 1,
+                    transaction_status_code: change.transaction_status_code.clone(),
+                    last_response_code: ctx.response_code.map(str::to_owned),
+                    amount: change.amount.clone(),
+                    currency: change.currency.clone(),
+                    singapay_id: change.singapay_id.clone(),
+                    merchant_reference: change.merchant_reference.clone(),
+                    processed_at: change.occurred_at,
+                };
+                let tracked = Tracked {
+                    row,
+                    stored: false,
+                    changed: true,
+                    first_delivery: ctx.delivery,
+                    last_delivery: ctx.delivery,
+                };
+                self.rows.insert(key.clone(), tracked);
+                (Transition::Applied, None, 1)
+            }
+            Some(t) => {
+                let current = t.row.status.clone();
+                let transition = status::decide(change.product, Some(&current), to_status);
+                if transition == Transition::Applied {
+                    let r = &mut t.row;
+                    r.status = to_status.to_owned();
+                    coalesce_new(&mut r.transaction_status_code, &change.transaction_status_code);
+                    coalesce_new(&mut r.last_response_code, &ctx.response_code.map(str::to_owned));
+                    coalesce_new(&mut r.amount, &change.amount);
+                    coalesce_new(&mut r.currency, &change.currency);
+                    coalesce_old(&mut r.singapay_id, &change.singapay_id);
+                    coalesce_old(&mut r.merchant_reference, &change.merchant_reference);
+                    if change.occurred_at.is_some() {
+                        r.processed_at = change.occurred_at;
+                    }
+                    r.version += 1;
+                    t.changed = true;
+                    t.last_delivery = ctx.delivery;
+                }
+                (transition, Some(current), t.row.version)
+            }
+        };
+        if transition == Transition::Applied {
+            self.events.push(PlannedEvent { change, ctx, to_status, version, from_status: from_status.clone() });
+        }
+        StateChange { transaction_key: key.clone(), transition, from_status, to_status: to_status.to_owned(), version }
+    }
+}
+
+/// The reported value wins when there is one (`COALESCE(new, old)`).
+fn coalesce_new(slot: &mut Option<String>, new: &Option<String>) {
+    if new.is_some() {
+        slot.clone_from(new);
+    }
+}
+
+/// The first value ever reported wins (`COALESCE(old, new)`).
+fn coalesce_old(slot: &mut Option<String>, new: &Option<String>) {
+    if slot.is_none() {
+        slot.clone_from(new);
+    }
 }

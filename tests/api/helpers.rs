@@ -129,6 +129,11 @@ pub fn default_settings(secret: &str) -> Settings {
         timestamp_tolerance_secs: 300,
         max_body_bytes: 1_048_576,
         db_max_connections: 40,
+        intake: singapay_webhooks::intake::IntakeSettings {
+            writers: singapay_webhooks::config::default_writers(40),
+            batch_max: 256,
+            queue_capacity: 1024,
+        },
         log_format: LogFormat::Text,
     }
 }
