@@ -67,6 +67,11 @@ impl Intake {
         Intake { queue, writers: Writers(Arc::new(std::sync::Mutex::new(handles))) }
     }
 
+    /// Callbacks waiting for a writer right now.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     pub fn writers(&self) -> Writers {
         self.writers.clone()
     }
@@ -99,17 +104,18 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, batch_max:
     }
 }
 
-/// Writes `writes`, answering each reply once, splitting on an error that belongs to one
-/// item. Halves are written in order, so items keep their arrival order.
+/// Writes `writes` and answers each request.
 async fn commit(pool: &PgPool, writes: &[Write], replies: Vec<oneshot::Sender<Result<Written, StoreError>>>) {
-    let mut replies: Vec<Option<_>> = replies.into_iter().map(Some).collect();
-    let mut answer = |range: Range<usize>, result: &dyn Fn(usize) -> Result<Written, StoreError>| {
-        for i in range {
-            if let Some(reply) = replies[i].take() {
-                let _ = reply.send(result(i));
-            }
-        }
-    };
+    for (reply, result) in replies.into_iter().zip(write_batch(pool, writes).await) {
+        let _ = reply.send(result);
+    }
+}
+
+/// Writes `writes` as one transaction and returns one result per item, in order. An
+/// error that belongs to one item splits the batch in halves, written in order, until
+/// the culprit alone gets it; a transient error is every item's.
+pub async fn write_batch(pool: &PgPool, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
+    let mut results: Vec<Option<Result<Written, StoreError>>> = vec![None; writes.len()];
     let mut todo: Vec<Range<usize>> = Vec::new();
     todo.push(0..writes.len());
     while let Some(range) = todo.pop() {
@@ -125,7 +131,11 @@ async fn commit(pool: &PgPool, writes: &[Write], replies: Vec<oneshot::Sender<Re
             }
         }
         match result {
-            Ok(written) => answer(range.clone(), &|i| Ok(written[i - range.start].clone())),
+            Ok(written) => {
+                for (slot, w) in results[range].iter_mut().zip(written) {
+                    *slot = Some(Ok(w));
+                }
+            }
             Err(e) if split => {
                 tracing::warn!(items = range.len(), error = %e, "batch refused; writing it in halves to isolate the cause");
                 let mid = range.start + range.len() / 2;
@@ -138,10 +148,13 @@ async fn commit(pool: &PgPool, writes: &[Write], replies: Vec<oneshot::Sender<Re
                 } else {
                     tracing::error!(error = %e, "storing a delivery failed");
                 }
-                answer(range, &|_| Err(e.clone()));
+                for slot in &mut results[range] {
+                    *slot = Some(Err(e.clone()));
+                }
             }
         }
     }
+    results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Internal("item left unwritten".into())))).collect()
 }
 
 /// Contention (a concurrent writer got there first, a deadlock) and broken connections are

@@ -40,6 +40,7 @@ pub mod metric {
     pub const CALLBACK_DURATION: &str = "singapay_callback_duration_seconds";
     pub const STORAGE_DURATION: &str = "singapay_storage_duration_seconds";
     pub const INTAKE_BATCH_SIZE: &str = "singapay_intake_batch_size";
+    pub const INTAKE_QUEUED: &str = "singapay_intake_queued";
     pub const QUEUE_EVENTS: &str = "singapay_queue_events";
     pub const QUEUE_DUE: &str = "singapay_queue_due_events";
     pub const QUEUE_OLDEST_DUE_AGE: &str = "singapay_queue_oldest_due_age_seconds";
@@ -59,6 +60,11 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
             let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &buckets)
+                .expect("buckets are non-empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(metric::INTAKE_BATCH_SIZE.into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
+                )
                 .expect("buckets are non-empty")
                 .install_recorder()
                 .expect("the Prometheus recorder is installed once");
@@ -80,7 +86,15 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
             describe_histogram!(
                 metric::STORAGE_DURATION,
                 Unit::Seconds,
-                "The database transaction that stores one delivery."
+                "The database transaction that stored one delivery (shared by every delivery of its batch)."
+            );
+            describe_histogram!(
+                metric::INTAKE_BATCH_SIZE,
+                "Callbacks (and stale retries) each intake transaction took from the queue."
+            );
+            describe_gauge!(
+                metric::INTAKE_QUEUED,
+                "Verified callbacks waiting for an intake writer, read at scrape time."
             );
             describe_gauge!(
                 metric::QUEUE_EVENTS,

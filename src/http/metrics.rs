@@ -20,6 +20,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     gauge!(metric::DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
     gauge!(metric::DB_POOL_CONNECTIONS, "state" => "in_use").set(f64::from(pool.size()) - idle);
     gauge!(metric::DB_POOL_MAX).set(f64::from(state.settings.db_max_connections));
+    gauge!(metric::INTAKE_QUEUED).set(state.intake.queued() as f64);
 
     let query = sqlx::query_as::<_, (String, i64, i64, f64)>(
         "SELECT state, events, due, COALESCE(extract(epoch FROM oldest_due_age), 0)::float8
