@@ -191,6 +191,11 @@ async fn write_once(pool: &PgPool, writes: &[Write]) -> Result<Vec<Written>, Bat
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let written = store::write(&mut tx, writes).await?;
         tx.commit().await?;
+        if written.iter().any(Written::queued_events) {
+            if let Err(e) = store::wake_consumers(&mut conn).await {
+                tracing::debug!(error = %e, "consumers not woken; they poll");
+            }
+        }
         Ok(written)
     }
     .await;

@@ -4,6 +4,11 @@ use singapay_webhooks::cli::{self, Cli, Command};
 use singapay_webhooks::config::Env;
 use singapay_webhooks::telemetry;
 
+/// A callback is dozens of short-lived allocations (parsed body, canonical forms, rows);
+/// mimalloc serves them with about half the CPU of the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // A .env file is optional; real environment variables win over it.
     let _ = dotenvy::dotenv();

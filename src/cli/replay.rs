@@ -116,6 +116,10 @@ pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()>
         super::say("dry run: nothing was written");
     } else {
         tx.commit().await?;
+        if stored.changes.iter().any(|c| c.transition == crate::singapay::status::Transition::Applied) {
+            let mut conn = pool.acquire().await?;
+            store::wake_consumers(&mut conn).await?;
+        }
     }
     pool.close().await;
     Ok(())

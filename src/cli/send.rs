@@ -113,7 +113,7 @@ fn sign(args: &SendArgs, secret: &SecretString, endpoint: &str, body: &str) -> R
     let hashed: &[u8] = match args.form {
         Form::Php => analysed.php.as_deref().context("PHP cannot canonicalise this body")?.as_bytes(),
         Form::Raw => body.as_bytes(),
-        Form::Sorted => analysed.sorted.as_deref().context("not JSON")?.as_bytes(),
+        Form::Sorted => analysed.sorted().context("not JSON")?.as_bytes(),
     };
     let ts = (Utc::now().timestamp() - args.stale.map_or(0, |s| s as i64)).to_string();
     let token = random_hex(16);

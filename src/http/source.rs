@@ -16,15 +16,18 @@ use ipnet::IpNet;
 use super::{ApiError, AppState};
 
 /// The layer in front of the callback handler: with `ALLOWED_SOURCE_CIDRS` set, a request
-/// from elsewhere gets 403 before its body is read.
+/// from elsewhere gets 403 before its body is read (logged by `webhook::observe`, with the
+/// address in the `client` field).
 pub async fn allowlist(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let settings = &state.settings;
     if let Some(allowlist) = &settings.allowed_source_cidrs {
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let client = peer.and_then(|p| client_ip(p, req.headers(), settings.trusted_proxy_hops));
         if !client.is_some_and(|ip| allowed(allowlist, ip)) {
-            tracing::Span::current().record("client", tracing::field::debug(&client));
-            tracing::warn!(peer = ?peer, "callback from a source outside ALLOWED_SOURCE_CIDRS");
+            let seen = client.or(peer).map(|ip| ip.to_string());
+            if let Some(notes) = req.extensions().get::<super::webhook::Notes>() {
+                notes.note(|f| f.client = seen);
+            }
             return ApiError::IpNotAllowed.into_response();
         }
     }

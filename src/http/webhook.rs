@@ -5,17 +5,18 @@
 use std::time::Instant;
 
 use axum::body::Body as HttpBody;
+use std::sync::{Arc, Mutex};
+
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::DateTime;
 use metrics::{counter, histogram};
 use serde_json::json;
-use tracing::field::Empty;
-use tracing::{Instrument, Span};
 
 use super::{ApiError, AppState, REQUEST_ID};
 use crate::config::Settings;
@@ -31,7 +32,11 @@ use crate::telemetry::metric;
 const ANALYSE_INLINE_MAX: usize = 64 * 1024;
 
 /// The callback's flow, step by step.
-pub async fn receive(State(state): State<AppState>, req: Request) -> Result<Answer, ApiError> {
+pub async fn receive(
+    State(state): State<AppState>,
+    Extension(notes): Extension<Notes>,
+    req: Request,
+) -> Result<Answer, ApiError> {
     let (parts, body) = req.into_parts();
     let arrival = Arrival::read(&parts, &state.settings);
     let raw = read_body(body, &parts.headers, state.settings.max_body_bytes).await?;
@@ -39,12 +44,12 @@ pub async fn receive(State(state): State<AppState>, req: Request) -> Result<Answ
     if arrival.is_dashboard_test(&body) {
         return Ok(Answer::TestPing);
     }
-    let verified = verify(&state, &arrival, &raw, &body)?;
-    let delivery = classify(arrival.signed(&verified, &body, raw), &body)?;
+    let verified = verify(&state, &arrival, &raw, &body, &notes)?;
+    let delivery = classify(arrival.signed(&verified, &body, raw), &body, &notes)?;
     if !verified.fresh {
-        return refuse_stale(&state, delivery).await;
+        return refuse_stale(&state, delivery, &notes).await;
     }
-    store(&state, delivery).await
+    store(&state, delivery, &notes).await
 }
 
 /// What a callback was answered with when it was not refused.
@@ -72,39 +77,87 @@ impl IntoResponse for Answer {
     }
 }
 
-/// The layer around every callback: one `callback` span whose fields the steps fill in
-/// (never a secret, signature or token), the latency histogram, and for a refusal its
-/// counter and one log line.
-pub async fn observe(req: Request, next: Next) -> Response {
+/// What the steps learned about one callback. [`observe`] logs it once, as the fields of
+/// the `callback` span (never a secret, signature or token).
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub webhook_type: Option<&'static str>,
+    pub transaction_key: Option<String>,
+    pub signature_form: Option<&'static str>,
+    pub credential: Option<String>,
+    pub outcome: Option<&'static str>,
+    pub duplicate: Option<bool>,
+    pub delivery_id: Option<i64>,
+    pub rejected_delivery_id: Option<i64>,
+    pub items: Option<usize>,
+    pub needs_inquiry: Option<bool>,
+    /// The status of a terminal delivery that contradicted the stored terminal status.
+    pub conflict: Option<String>,
+    pub stale_retry: bool,
+    pub client: Option<String>,
+}
+
+/// A request's [`Facts`], shared by the layers and the steps.
+#[derive(Clone, Default)]
+pub struct Notes(Arc<Mutex<Facts>>);
+
+impl Notes {
+    pub fn note(&self, f: impl FnOnce(&mut Facts)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn take(&self) -> Facts {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The layer around every callback: the latency histogram, the refusal counters, and one
+/// log line per callback carrying everything the steps learned.
+pub async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let span = tracing::info_span!(
-        "callback",
-        webhook_type = Empty,
-        transaction_key = Empty,
-        outcome = Empty,
-        duplicate = Empty,
-        signature_form = Empty,
-        credential = Empty,
-        delivery_id = Empty,
-        rejected_delivery_id = Empty,
-        client = Empty,
-    );
-    let response = next.run(req).instrument(span.clone()).await;
-    let _in_span = span.enter();
-    let label = match response.extensions().get::<ApiError>() {
+    let request_id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let notes = Notes::default();
+    req.extensions_mut().insert(notes.clone());
+    let response = next.run(req).await;
+    let refused = response.extensions().get::<ApiError>();
+    let label = match refused {
         Some(e) => {
             counter!(metric::REJECTIONS, "code" => e.code()).increment(1);
-            if e.status().is_server_error() {
-                tracing::error!(code = e.code(), error = %e, "callback not stored");
-            } else {
-                tracing::warn!(code = e.code(), error = %e, "callback refused");
-            }
             "rejected"
         }
         None => response.extensions().get::<Handled>().map_or("rejected", |r| r.0),
     };
     if label == "test" {
         counter!(metric::TEST_PINGS).increment(1);
+    }
+    let f = notes.take();
+    let span = tracing::info_span!(
+        "callback",
+        request_id,
+        webhook_type = f.webhook_type,
+        transaction_key = f.transaction_key.as_deref(),
+        outcome = f.outcome,
+        duplicate = f.duplicate,
+        signature_form = f.signature_form,
+        credential = f.credential.as_deref(),
+        delivery_id = f.delivery_id,
+        rejected_delivery_id = f.rejected_delivery_id,
+        client = f.client.as_deref(),
+    );
+    let _in_span = span.enter();
+    match (refused, label) {
+        (Some(e), _) if e.status().is_server_error() => {
+            tracing::error!(code = e.code(), error = %e, "callback not stored");
+        }
+        (Some(e), _) => tracing::warn!(code = e.code(), error = %e, "callback refused"),
+        (None, "test") => tracing::info!("dashboard test ping acknowledged, nothing stored"),
+        (None, _) if f.stale_retry => tracing::info!("stale retry of a stored delivery acknowledged"),
+        (None, _) => {
+            tracing::info!(items = f.items, needs_inquiry = f.needs_inquiry, "delivery stored");
+            if let Some(status) = &f.conflict {
+                tracing::warn!(status = %status, "terminal status contradicts the stored terminal status; stored, not applied");
+            }
+        }
     }
     histogram!(metric::CALLBACK_DURATION, "result" => label).record(started.elapsed().as_secs_f64());
     response
@@ -147,11 +200,7 @@ impl Arrival {
     /// The dashboard "Test" button posts an unsigned dummy body: proof the URL is reachable.
     fn is_dashboard_test(&self, body: &Body) -> bool {
         let unsigned = self.signature.is_none() && self.timestamp.is_none() && self.authorization.is_none();
-        let test = unsigned && body.object().is_some_and(webhook::is_dashboard_test);
-        if test {
-            tracing::info!(path = %self.path_and_query, "dashboard test ping acknowledged, nothing stored");
-        }
-        test
+        unsigned && body.object().is_some_and(webhook::is_dashboard_test)
     }
 
     /// What was signed, built once for a delivery or a rejection.
@@ -212,7 +261,7 @@ async fn analyse(raw: Vec<u8>) -> Result<(Vec<u8>, Body), ApiError> {
     .map_err(|_| ApiError::Internal)
 }
 
-fn verify(state: &AppState, arrival: &Arrival, raw: &[u8], body: &Body) -> Result<Verified, ApiError> {
+fn verify(state: &AppState, arrival: &Arrival, raw: &[u8], body: &Body, notes: &Notes) -> Result<Verified, ApiError> {
     let s = &state.settings;
     let now = (state.clock)();
     let forms = body.forms(raw);
@@ -224,12 +273,15 @@ fn verify(state: &AppState, arrival: &Arrival, raw: &[u8], body: &Body) -> Resul
         now,
         s.timestamp_tolerance_secs,
     )?;
-    Span::current().record("signature_form", verified.form.as_str()).record("credential", verified.credential.as_str());
+    notes.note(|f| {
+        f.signature_form = Some(verified.form.as_str());
+        f.credential = Some(verified.credential.clone());
+    });
     Ok(verified)
 }
 
 /// What the body says; an authentic body that is not a JSON object is refused.
-fn classify(signed: Signed, body: &Body) -> Result<Delivery, ApiError> {
+fn classify(signed: Signed, body: &Body, notes: &Notes) -> Result<Delivery, ApiError> {
     let Some(object) = body.object() else {
         let why = match &body.parsed {
             Err(e) => e.to_string(),
@@ -238,27 +290,28 @@ fn classify(signed: Signed, body: &Body) -> Result<Delivery, ApiError> {
         return Err(ApiError::InvalidBody(why));
     };
     let classification = webhook::classify(object);
-    let span = Span::current();
-    span.record("webhook_type", classification.webhook_type.as_str());
-    if let Some(c) = classification.single() {
-        span.record("transaction_key", c.transaction_key.as_str());
-    }
+    notes.note(|f| {
+        f.webhook_type = Some(classification.webhook_type.as_str());
+        f.transaction_key = classification.single().map(|c| c.transaction_key.clone());
+    });
     Ok(Delivery { signed, classification, payload: Some(to_jsonb_text(object)) })
 }
 
 /// Hands the delivery to intake and answers once it is committed.
-async fn store(state: &AppState, delivery: Delivery) -> Result<Answer, ApiError> {
-    let c = delivery.classification.clone();
+async fn store(state: &AppState, delivery: Delivery, notes: &Notes) -> Result<Answer, ApiError> {
+    let webhook_type = delivery.classification.webhook_type.as_str();
     let form = delivery.signed.signature_form;
+    let items = match &delivery.classification.subject {
+        Subject::Batch(items) => items.len(),
+        Subject::Single(_) => 1,
+        Subject::Unrecognised(_) => 0,
+    };
+    let needs_inquiry = delivery.classification.needs_inquiry;
+    let reported = delivery.classification.single().and_then(|c| c.status.clone());
     let Written::Stored(s) = state.intake.submit(Write::Deliver(Box::new(delivery))).await.map_err(storage_error)?
     else {
         return Err(ApiError::Internal);
     };
-    let webhook_type = c.webhook_type.as_str();
-    Span::current()
-        .record("outcome", s.outcome.as_str())
-        .record("duplicate", s.duplicate)
-        .record("delivery_id", s.delivery_id);
     if s.duplicate {
         counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
     } else {
@@ -266,15 +319,16 @@ async fn store(state: &AppState, delivery: Delivery) -> Result<Answer, ApiError>
             "signature_form" => form.as_str())
         .increment(1);
     }
-    let items = match &c.subject {
-        Subject::Batch(items) => items.len(),
-        _ => usize::from(c.single().is_some()),
-    };
-    tracing::info!(items, needs_inquiry = c.needs_inquiry, "delivery stored");
-    if s.outcome == Outcome::Conflict && !s.duplicate {
-        tracing::warn!(status = ?c.single().and_then(|s| s.status.as_deref()),
-            "terminal status contradicts the stored terminal status; stored, not applied");
-    }
+    notes.note(|f| {
+        f.outcome = Some(s.outcome.as_str());
+        f.duplicate = Some(s.duplicate);
+        f.delivery_id = Some(s.delivery_id);
+        f.items = Some(items);
+        f.needs_inquiry = Some(needs_inquiry);
+        if s.outcome == Outcome::Conflict && !s.duplicate {
+            f.conflict = reported;
+        }
+    });
     Ok(Answer::Stored(s))
 }
 
@@ -288,19 +342,21 @@ fn storage_error(e: StoreError) -> ApiError {
 
 /// Authentic but outside the time window: a retry of stored content is harmless; new
 /// content is refused and kept for an operator to `replay`.
-async fn refuse_stale(state: &AppState, delivery: Delivery) -> Result<Answer, ApiError> {
+async fn refuse_stale(state: &AppState, delivery: Delivery, notes: &Notes) -> Result<Answer, ApiError> {
     let webhook_type = delivery.classification.webhook_type.as_str();
     let rejection = Rejection { signed: delivery.signed, reason: "stale_timestamp" };
-    let span = Span::current();
     match state.intake.submit(Write::Stale(rejection)).await.map_err(storage_error)? {
         Written::Stored(s) => {
-            span.record("duplicate", true).record("delivery_id", s.delivery_id);
             counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);
-            tracing::info!("stale retry of a stored delivery acknowledged");
+            notes.note(|f| {
+                f.duplicate = Some(true);
+                f.delivery_id = Some(s.delivery_id);
+                f.stale_retry = true;
+            });
             Ok(Answer::Stored(s))
         }
         Written::Rejected { rejection_id } => {
-            span.record("rejected_delivery_id", rejection_id);
+            notes.note(|f| f.rejected_delivery_id = Some(rejection_id));
             Err(ApiError::StaleTimestamp)
         }
     }

@@ -207,7 +207,7 @@ pub fn explain(req: &Request<'_>, credentials: &[Credential], now: i64, toleranc
         }
     }
     cands.forms.push((BodyForm::Raw, req.body.to_vec()));
-    if let Some(s) = &body.sorted {
+    if let Some(s) = body.sorted() {
         cands.forms.push((BodyForm::Sorted, s.as_bytes().to_vec()));
     }
     let hashes = cands.hashes();

@@ -10,6 +10,8 @@ pub mod status;
 pub mod time;
 pub mod webhook;
 
+use std::sync::OnceLock;
+
 use sha2::{Digest, Sha256};
 
 use json::{ParseError, Parsed};
@@ -21,26 +23,24 @@ pub struct Body {
     pub parsed: Result<Parsed, ParseError>,
     /// PHP's canonical form, when PHP could form one.
     pub php: Option<String>,
-    /// Go's sorted-keys form, when the body is JSON.
-    pub sorted: Option<String>,
+    /// Go's sorted-keys form, built only when a signature check gets that far.
+    sorted: OnceLock<Option<String>>,
 }
 
 impl Body {
     pub fn analyse(raw: &[u8]) -> Body {
         let parsed = json::parse(raw);
-        let (php, sorted) = match &parsed {
-            Ok(p) => (canonical::php_form(p), Some(canonical::sorted_form(p))),
-            Err(_) => (None, None),
-        };
-        Body { parsed, php, sorted }
+        let php = parsed.as_ref().ok().and_then(canonical::php_form);
+        Body { parsed, php, sorted: OnceLock::new() }
+    }
+
+    /// Go's sorted-keys form, when the body is JSON.
+    pub fn sorted(&self) -> Option<&str> {
+        self.sorted.get_or_init(|| self.parsed.as_ref().ok().map(canonical::sorted_form)).as_deref()
     }
 
     pub fn forms<'a>(&'a self, raw: &'a [u8]) -> BodyForms<'a> {
-        BodyForms {
-            php: self.php.as_deref().map(str::as_bytes),
-            raw,
-            sorted: self.sorted.as_deref().map(str::as_bytes),
-        }
+        BodyForms { php: self.php.as_deref().map(str::as_bytes), raw, body: self }
     }
 
     /// The dedupe key: SHA-256 of PHP's form when there is one (so a re-serialised retry of

@@ -43,23 +43,22 @@ impl BodyForm {
     }
 }
 
-/// The candidate bodies, in the order they are tried.
+/// The candidate bodies, in the order they are tried. The sorted form is built only if
+/// the first two do not match.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyForms<'a> {
     pub php: Option<&'a [u8]>,
     pub raw: &'a [u8],
-    pub sorted: Option<&'a [u8]>,
+    pub body: &'a super::Body,
 }
 
 impl<'a> BodyForms<'a> {
     pub fn candidates(&self) -> impl Iterator<Item = (BodyForm, &'a [u8])> {
-        [
-            self.php.map(|b| (BodyForm::Php, b)),
-            Some((BodyForm::Raw, self.raw)),
-            self.sorted.map(|b| (BodyForm::Sorted, b)),
-        ]
-        .into_iter()
-        .flatten()
+        let body = self.body;
+        [self.php.map(|b| (BodyForm::Php, b)), Some((BodyForm::Raw, self.raw))]
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once_with(move || body.sorted().map(|s| (BodyForm::Sorted, s.as_bytes()))).flatten())
     }
 }
 

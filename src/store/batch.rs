@@ -20,6 +20,7 @@ use sqlx::PgConnection;
 use super::deliveries::{Delivery, Outcome, Rejection, Signed, Stored};
 use super::events::{self, EventFacts};
 use super::transactions::{Context, DeliveryRef, Ledger, TransactionRow, ROW_COLUMNS};
+use crate::singapay::status::Transition;
 use crate::singapay::webhook::{Classification, Subject};
 
 /// One thing for intake to write.
@@ -55,6 +56,13 @@ pub enum Written {
     },
 }
 
+impl Written {
+    /// Whether writing it added queue rows (a change was applied).
+    pub fn queued_events(&self) -> bool {
+        matches!(self, Written::Stored(s) if s.changes.iter().any(|c| c.transition == Transition::Applied))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     #[error(transparent)]
@@ -81,8 +89,7 @@ enum Fate {
 
 /// Writes `items` inside the caller's transaction; one answer per item, in order.
 pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Written>, BatchError> {
-    let locked = lock_transactions(conn, items).await?;
-    let known = known_contents(conn, items).await?;
+    let (locked, known) = read(conn, items).await?;
     let reapplied = lock_reapplied(conn, items).await?;
 
     // Decide.
@@ -123,7 +130,7 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
             Write::Reapply { delivery_id, classification } => {
                 let previous = *reapplied.get(delivery_id).ok_or(sqlx::Error::RowNotFound)?;
                 let (outcome, changes) = apply(&mut ledger, classification, DeliveryRef::Stored(*delivery_id));
-                let applied_now = changes.iter().any(|c| c.transition == crate::singapay::status::Transition::Applied);
+                let applied_now = changes.iter().any(|c| c.transition == Transition::Applied);
                 let understood_now = previous == Outcome::Unrecognised && outcome != Outcome::Unrecognised;
                 if applied_now || understood_now {
                     delivery_updates.push((*delivery_id, i, outcome));
@@ -193,10 +200,10 @@ fn apply<'a>(
             if let Some(status) = &ch.status {
                 let change = ledger.apply(ch, status, ctx);
                 outcome = match change.transition {
-                    crate::singapay::status::Transition::Applied => Outcome::Applied,
-                    crate::singapay::status::Transition::Unchanged => Outcome::Unchanged,
-                    crate::singapay::status::Transition::Stale => Outcome::Stale,
-                    crate::singapay::status::Transition::Conflict => Outcome::Conflict,
+                    Transition::Applied => Outcome::Applied,
+                    Transition::Unchanged => Outcome::Unchanged,
+                    Transition::Stale => Outcome::Stale,
+                    Transition::Conflict => Outcome::Conflict,
                 };
                 changes.push(change);
             }
@@ -223,7 +230,43 @@ fn keys_of(c: &Classification) -> impl Iterator<Item = &str> {
     changes.iter().filter(|ch| ch.status.is_some()).map(|ch| ch.transaction_key.as_str())
 }
 
-async fn lock_transactions(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<TransactionRow>, sqlx::Error> {
+/// One row of [`read`]: a locked transaction, or a stored delivery with the same content as
+/// an item.
+#[derive(sqlx::FromRow)]
+struct ReadRow {
+    #[sqlx(flatten)]
+    transaction: OptionalRow,
+    content_sha256: Option<Vec<u8>>,
+    id: Option<i64>,
+    outcome: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OptionalRow {
+    transaction_key: Option<String>,
+    product: Option<String>,
+    status: Option<String>,
+    version: Option<i32>,
+    transaction_status_code: Option<String>,
+    last_response_code: Option<String>,
+    amount: Option<String>,
+    currency: Option<String>,
+    singapay_id: Option<String>,
+    merchant_reference: Option<String>,
+    processed_at: Option<DateTime<Utc>>,
+}
+
+type Known = HashMap<[u8; 32], (i64, Outcome)>;
+
+/// In one round trip: locks every transaction the batch may change, in key order (writers
+/// never deadlock), and finds the contents already stored. Both are planned for these
+/// values every time (`persistent(false)`): a plan cached while a table was small would
+/// keep scanning it whole once it has grown.
+///
+/// The look-up sees the statement's snapshot, taken before any lock wait: content that a
+/// writer we waited for has just committed is not seen, its insert comes back short, and
+/// the batch is retried ([`BatchError::Raced`]).
+async fn read(conn: &mut PgConnection, items: &[Write]) -> Result<(Vec<TransactionRow>, Known), sqlx::Error> {
     let mut keys: Vec<&str> = items
         .iter()
         .flat_map(|item| match item {
@@ -233,40 +276,53 @@ async fn lock_transactions(conn: &mut PgConnection, items: &[Write]) -> Result<V
         })
         .flat_map(keys_of)
         .collect();
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
     keys.sort_unstable();
     keys.dedup();
-    sqlx::query_as(&format!(
-        "SELECT {ROW_COLUMNS} FROM singapay.transactions
-          WHERE transaction_key = ANY($1) ORDER BY transaction_key FOR UPDATE"
+    let shas: Vec<&[u8]> = items.iter().filter_map(Write::signed).map(|s| &s.content_sha256[..]).collect();
+    if keys.is_empty() && shas.is_empty() {
+        return Ok((Vec::new(), HashMap::new()));
+    }
+    let rows: Vec<ReadRow> = sqlx::query_as(&format!(
+        "WITH locked AS (
+            SELECT {ROW_COLUMNS} FROM singapay.transactions
+             WHERE transaction_key = ANY($1) ORDER BY transaction_key FOR UPDATE)
+         SELECT locked.*, NULL::bytea AS content_sha256, NULL::int8 AS id, NULL::text AS outcome FROM locked
+         UNION ALL
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, content_sha256, id, outcome
+           FROM singapay.deliveries WHERE content_sha256 = ANY($2)"
     ))
     .bind(keys)
+    .bind(shas)
+    .persistent(false)
     .fetch_all(conn)
-    .await
-}
-
-async fn known_contents(
-    conn: &mut PgConnection,
-    items: &[Write],
-) -> Result<HashMap<[u8; 32], (i64, Outcome)>, sqlx::Error> {
-    let shas: Vec<&[u8]> = items.iter().filter_map(Write::signed).map(|s| &s.content_sha256[..]).collect();
-    if shas.is_empty() {
-        return Ok(HashMap::new());
+    .await?;
+    let mut locked = Vec::new();
+    let mut known = HashMap::new();
+    for r in rows {
+        let t = r.transaction;
+        match (t.transaction_key, r.content_sha256, r.id, r.outcome) {
+            (Some(transaction_key), ..) => locked.push(TransactionRow {
+                transaction_key,
+                product: t.product.unwrap_or_default(),
+                status: t.status.unwrap_or_default(),
+                version: t.version.unwrap_or_default(),
+                transaction_status_code: t.transaction_status_code,
+                last_response_code: t.last_response_code,
+                amount: t.amount,
+                currency: t.currency,
+                singapay_id: t.singapay_id,
+                merchant_reference: t.merchant_reference,
+                processed_at: t.processed_at,
+            }),
+            (None, Some(sha), Some(id), Some(outcome)) => {
+                let sha: [u8; 32] = sha.try_into().map_err(|_| decode("deliveries.content_sha256 is not 32 bytes"))?;
+                let outcome = Outcome::parse(&outcome).ok_or_else(|| decode("deliveries.outcome outside its CHECK"))?;
+                known.insert(sha, (id, outcome));
+            }
+            _ => return Err(decode("unexpected row in the batch read")),
+        }
     }
-    let rows: Vec<(Vec<u8>, i64, String)> =
-        sqlx::query_as("SELECT content_sha256, id, outcome FROM singapay.deliveries WHERE content_sha256 = ANY($1)")
-            .bind(shas)
-            .fetch_all(conn)
-            .await?;
-    rows.into_iter()
-        .map(|(sha, id, outcome)| {
-            let sha: [u8; 32] = sha.try_into().map_err(|_| decode("deliveries.content_sha256 is not 32 bytes"))?;
-            let outcome = Outcome::parse(&outcome).ok_or_else(|| decode("deliveries.outcome outside its CHECK"))?;
-            Ok((sha, (id, outcome)))
-        })
-        .collect()
+    Ok((locked, known))
 }
 
 async fn lock_reapplied(conn: &mut PgConnection, items: &[Write]) -> Result<HashMap<i64, Outcome>, sqlx::Error> {

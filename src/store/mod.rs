@@ -119,6 +119,20 @@ pub fn pool(database_url: &SecretString, max_connections: u32) -> Result<PgPool,
         .connect_lazy_with(options))
 }
 
+/// The channel consumers `LISTEN` on (docs/consuming.md).
+pub const WAKE_CHANNEL: &str = "singapay_transaction_events";
+
+/// Wakes listening consumers after new queue rows have committed. Its own transaction,
+/// committed asynchronously: a lost wake-up costs a consumer one poll interval, never an
+/// event, so it must not wait for a WAL flush or hold up the next batch.
+pub async fn wake_consumers(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')")
+        .bind(WAKE_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Whether every embedded migration has been applied successfully.
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
     let applied: Vec<i64> =
