@@ -151,7 +151,7 @@ async fn response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bo
 
 /// (utime + stime) of `pid` in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("receiver {pid}: {e}"));
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / clock_ticks()
@@ -419,8 +419,18 @@ fn main() {
         signed((start..start + count).map(|i| (i, make(i))))
     };
 
+    // A checkpoint before each one-client measurement, so that neither pays for the WAL
+    // that earlier scenarios left behind.
+    let checkpoint = |db: &str| {
+        rt.block_on(async {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&cluster.url(db)).await.unwrap();
+            sqlx::query("CHECKPOINT").execute(&mut c).await.unwrap();
+        })
+    };
     // Warm-up on both sides.
     rt.block_on(load(port, pid, fresh(n / 10, &disbursement), 16));
+    checkpoint("bench");
+    let idle = rt.block_on(load(port, pid, fresh(n / 20, &disbursement), 1));
     if std::env::var_os("BENCH_QUICK").is_some() {
         // Only the headline figure, for trying settings.
         let c64 = rt.block_on(load(port, pid, fresh(n, &disbursement), 64));
@@ -430,7 +440,6 @@ fn main() {
     pgbench(&cluster, &url, n / 10, 1, 16, &dir.path().join("warm1"));
     pgbench(&cluster, &url, n / 10, 32, 16, &dir.path().join("warm32"));
 
-    let idle = rt.block_on(load(port, pid, fresh(n / 20, &disbursement), 1));
     let c16 = rt.block_on(load(port, pid, fresh(n, &disbursement), 16));
     let c64 = rt.block_on(load(port, pid, fresh(n, &disbursement), 64));
     let pg1 = pgbench(&cluster, &url, n, 1, 16, &dir.path().join("k1"));
@@ -455,6 +464,7 @@ fn main() {
             signed((start..start + count).map(|j| (j, disbursement(j))))
         };
         rt.block_on(load(old.port, old.pid(), make(n / 10), 16));
+        checkpoint(db);
         let idle_old = rt.block_on(load(old.port, old.pid(), make(n / 20), 1));
         let c64_old = rt.block_on(load(old.port, old.pid(), make(n), 64));
         (idle_old, c64_old, peak_rss_mib(old.pid()))

@@ -104,10 +104,19 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, batch_max:
     }
 }
 
-/// Writes `writes` and answers each request.
+/// Writes `writes`, answers each request, then wakes listening consumers if the batch
+/// queued events (after the answers: nobody waits for the wake-up).
 async fn commit(pool: &PgPool, writes: &[Write], replies: Vec<oneshot::Sender<Result<Written, StoreError>>>) {
+    let mut queued = false;
     for (reply, result) in replies.into_iter().zip(write_batch(pool, writes).await) {
+        queued |= result.as_ref().is_ok_and(Written::queued_events);
         let _ = reply.send(result);
+    }
+    if queued {
+        let woken = async { store::wake_consumers(&mut *pool.acquire().await?).await };
+        if let Err(e) = woken.await {
+            tracing::debug!(error = %e, "consumers not woken; they poll");
+        }
     }
 }
 
@@ -191,11 +200,6 @@ async fn write_once(pool: &PgPool, writes: &[Write]) -> Result<Vec<Written>, Bat
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let written = store::write(&mut tx, writes).await?;
         tx.commit().await?;
-        if written.iter().any(Written::queued_events) {
-            if let Err(e) = store::wake_consumers(&mut conn).await {
-                tracing::debug!(error = %e, "consumers not woken; they poll");
-            }
-        }
         Ok(written)
     }
     .await;

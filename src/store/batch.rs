@@ -143,13 +143,7 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
     }
 
     // Write.
-    let new_ids = insert_deliveries(conn, items, &new_rows).await?;
-    let resolve = |r: DeliveryRef| match r {
-        DeliveryRef::Stored(id) => id,
-        DeliveryRef::New(row) => new_ids[row],
-    };
-    write_transactions(conn, &ledger, &resolve).await?;
-    insert_events(conn, &ledger, &resolve).await?;
+    let new_ids = insert_all(conn, items, &new_rows, &ledger).await.map_err(raced_on_unique_violation)?;
     count_retries(conn, &retries).await?;
     let rejection_ids = insert_rejections(conn, items, &rejections).await?;
     update_reapplied(conn, items, &delivery_updates).await?;
@@ -178,6 +172,17 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
             }
         })
         .collect())
+}
+
+/// A unique violation while inserting means a concurrent writer stored the same content or
+/// created the same transaction first (its commit is visible to a retry).
+fn raced_on_unique_violation(e: BatchError) -> BatchError {
+    match e {
+        BatchError::Db(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+            BatchError::Raced("a delivery or transaction")
+        }
+        other => other,
+    }
 }
 
 /// Runs the state machine for every status a delivery reports; the delivery's outcome is
@@ -258,10 +263,11 @@ struct OptionalRow {
 
 type Known = HashMap<[u8; 32], (i64, Outcome)>;
 
-/// In one round trip: locks every transaction the batch may change, in key order (writers
-/// never deadlock), and finds the contents already stored. Both are planned for these
-/// values every time (`persistent(false)`): a plan cached while a table was small would
-/// keep scanning it whole once it has grown.
+/// In one statement: locks every transaction the batch may change, in key order (writers
+/// never deadlock), and finds the contents already stored. Planned for these values every
+/// time (`persistent(false)`): a plan cached while a table was small (a sequential scan)
+/// would keep scanning it whole once it has grown. Custom plans for every statement of
+/// the batch cost Postgres far more (measured), so only this one is re-planned.
 ///
 /// The look-up sees the statement's snapshot, taken before any lock wait: content that a
 /// writer we waited for has just committed is not seen, its insert comes back short, and
@@ -383,10 +389,10 @@ impl<'a> SignedColumns<'a> {
         self.body.push(&s.body);
     }
 
-    fn bind<'q>(
+    fn bind<'q, O>(
         self,
-        q: sqlx::query::QueryAs<'q, sqlx::Postgres, (Vec<u8>, i64), sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (Vec<u8>, i64), sqlx::postgres::PgArguments>
+        q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
     where
         'a: 'q,
     {
@@ -427,201 +433,285 @@ fn ids_by_sha(
     (0..n).map(|row| by_sha.get(&sha_of(row)[..]).copied().ok_or(BatchError::Raced(what))).collect()
 }
 
-async fn insert_deliveries(
+/// A delivery as the write statement refers to it: by id when stored, by content when it
+/// is one of the rows the same statement inserts.
+fn by_ref(r: DeliveryRef, new_sha: &impl Fn(usize) -> [u8; 32]) -> (Option<i64>, Option<[u8; 32]>) {
+    match r {
+        DeliveryRef::Stored(id) => (Some(id), None),
+        DeliveryRef::New(row) => (None, Some(new_sha(row))),
+    }
+}
+
+/// The new deliveries, the new and the changed transactions and the queue rows, in one
+/// statement (data-modifying CTEs: one round trip, and the foreign keys are checked at its
+/// end, when every row exists). Rows refer to the deliveries inserted alongside them by
+/// content. Returns the new deliveries' ids, in `rows` order.
+///
+/// No `ON CONFLICT` here: a content or a transaction that a concurrent writer stored first
+/// is a unique violation, which [`write`] reports as [`BatchError::Raced`].
+async fn insert_all(
     conn: &mut PgConnection,
     items: &[Write],
     rows: &[NewDelivery],
+    ledger: &Ledger<'_>,
 ) -> Result<Vec<i64>, BatchError> {
-    if rows.is_empty() {
+    if rows.is_empty() && ledger.events.is_empty() && !ledger.rows.values().any(|t| t.changed) {
         return Ok(Vec::new());
     }
     let delivery = |row: usize| match &items[rows[row].item] {
         Write::Deliver(d) => &**d,
         _ => unreachable!("new delivery rows come from Deliver items"),
     };
+    let new_sha = |row: usize| delivery(row).signed.content_sha256;
     // Content order, the same in every writer: concurrent batches wait, never deadlock.
     let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_unstable_by_key(|&row| delivery(row).signed.content_sha256);
+    order.sort_unstable_by_key(|&row| new_sha(row));
     let mut signed = SignedColumns::default();
-    let mut webhook_type = Vec::new();
-    let mut event = Vec::new();
-    let mut key = Vec::new();
-    let mut response_code = Vec::new();
-    let mut response_message = Vec::new();
-    let mut response_class = Vec::new();
-    let mut envelope_status = Vec::new();
-    let mut envelope_success = Vec::new();
-    let mut status_code = Vec::new();
-    let mut status_desc = Vec::new();
-    let mut status = Vec::new();
-    let mut needs_inquiry = Vec::new();
-    let mut outcome = Vec::new();
-    let mut unrecognised = Vec::new();
-    let mut event_at = Vec::new();
-    let mut payload = Vec::new();
+    let mut d = DeliveryColumns::default();
     for &row in &order {
-        let d = delivery(row);
-        let c = &d.classification;
-        let single = c.single();
-        signed.push(&d.signed, rows[row].times);
-        webhook_type.push(c.webhook_type.as_str());
-        event.push(c.event.as_deref());
-        key.push(single.map(|s| s.transaction_key.as_str()));
-        response_code.push(c.response_code.as_deref());
-        response_message.push(c.response_message.as_deref());
-        response_class.push(c.response_class);
-        envelope_status.push(c.envelope_status);
-        envelope_success.push(c.envelope_success);
-        status_code.push(c.transaction_status_code.as_deref());
-        status_desc.push(c.transaction_status_desc.as_deref());
-        status.push(single.and_then(|s| s.status.as_deref()));
-        needs_inquiry.push(c.needs_inquiry);
-        outcome.push(rows[row].outcome.as_str());
-        unrecognised.push(match &c.subject {
-            Subject::Unrecognised(why) => Some(*why),
-            _ => None,
-        });
-        event_at.push(c.event_at);
-        payload.push(d.payload.as_deref());
+        signed.push(&delivery(row).signed, rows[row].times);
+        d.push(delivery(row), rows[row].outcome);
     }
-    let sql = format!(
-        "INSERT INTO singapay.deliveries ({SIGNED_COLUMNS}, {DELIVERY_COLUMNS}, payload)
-         SELECT {SIGNED_COLUMNS}, {DELIVERY_COLUMNS}, payload::jsonb
-           FROM unnest({SIGNED_ARRAYS}, $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
-                       $18::text[], $19::int4[], $20::bool[], $21::text[], $22::text[], $23::text[],
-                       $24::bool[], $25::text[], $26::text[], $27::timestamptz[], $28::text[])
-                AS t({SIGNED_COLUMNS}, {DELIVERY_COLUMNS}, payload)
-         ON CONFLICT (content_sha256) DO NOTHING
-         RETURNING content_sha256, id"
-    );
-    let returned: Vec<(Vec<u8>, i64)> = signed
-        .bind(sqlx::query_as(&sql))
-        .bind(webhook_type)
-        .bind(event)
-        .bind(key)
-        .bind(response_code)
-        .bind(response_message)
-        .bind(response_class)
-        .bind(envelope_status)
-        .bind(envelope_success)
-        .bind(status_code)
-        .bind(status_desc)
-        .bind(status)
-        .bind(needs_inquiry)
-        .bind(outcome)
-        .bind(unrecognised)
-        .bind(event_at)
-        .bind(payload)
-        .fetch_all(&mut *conn)
-        .await?;
-    ids_by_sha(returned, rows.len(), |row| delivery(row).signed.content_sha256, "a delivery")
-}
 
-/// Creates the batch's new transactions and updates the ones it changed, each once with
-/// its final state.
-async fn write_transactions(
-    conn: &mut PgConnection,
-    ledger: &Ledger<'_>,
-    resolve: &impl Fn(DeliveryRef) -> i64,
-) -> Result<(), BatchError> {
     let mut changed: Vec<_> = ledger.rows.values().filter(|t| t.changed).collect();
     changed.sort_unstable_by(|a, b| a.row.transaction_key.cmp(&b.row.transaction_key));
-    for created in [true, false] {
-        let rows: Vec<_> = changed.iter().filter(|t| t.stored != created).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let col = |f: fn(&TransactionRow) -> Option<&str>| rows.iter().map(|t| f(&t.row)).collect::<Vec<_>>();
-        let keys: Vec<&str> = rows.iter().map(|t| t.row.transaction_key.as_str()).collect();
-        let products: Vec<&str> = rows.iter().map(|t| t.row.product.as_str()).collect();
-        let statuses: Vec<&str> = rows.iter().map(|t| t.row.status.as_str()).collect();
-        let versions: Vec<i32> = rows.iter().map(|t| t.row.version).collect();
-        let processed: Vec<Option<DateTime<Utc>>> = rows.iter().map(|t| t.row.processed_at).collect();
-        let first: Vec<i64> = rows.iter().map(|t| resolve(t.first_delivery)).collect();
-        let last: Vec<i64> = rows.iter().map(|t| resolve(t.last_delivery)).collect();
-        let sql = if created {
-            "INSERT INTO singapay.transactions
+    let mut t = TransactionColumns::default();
+    for row in &changed {
+        t.push(row, &new_sha);
+    }
+
+    let mut e = EventColumns::default();
+    for ev in &ledger.events {
+        e.push(ev, &new_sha);
+    }
+
+    let sql = format!(
+        "WITH d AS (
+            INSERT INTO singapay.deliveries ({SIGNED_COLUMNS}, {DELIVERY_COLUMNS}, payload)
+            SELECT {SIGNED_COLUMNS}, {DELIVERY_COLUMNS}, payload::jsonb
+              FROM unnest({SIGNED_ARRAYS}, $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
+                          $18::text[], $19::int4[], $20::bool[], $21::text[], $22::text[], $23::text[],
+                          $24::bool[], $25::text[], $26::text[], $27::timestamptz[], $28::text[])
+                   AS t({SIGNED_COLUMNS}, {DELIVERY_COLUMNS}, payload)
+            RETURNING content_sha256, id
+         ), t AS (
+            SELECT u.*,
+                   coalesce(u.fd, (SELECT d.id FROM d WHERE d.content_sha256 = u.fsha)) AS first_id,
+                   coalesce(u.ld, (SELECT d.id FROM d WHERE d.content_sha256 = u.lsha)) AS last_id
+              FROM unnest($29::bool[], $30::text[], $31::text[], $32::text[], $33::int4[], $34::text[],
+                          $35::text[], $36::text[], $37::text[], $38::text[], $39::text[],
+                          $40::timestamptz[], $41::int8[], $42::bytea[], $43::int8[], $44::bytea[])
+                   AS u(stored, k, p, s, v, tsc, lrc, amt, cur, sid, mref, pa, fd, fsha, ld, lsha)
+         ), created AS (
+            INSERT INTO singapay.transactions
                 (transaction_key, product, status, version, transaction_status_code, last_response_code,
                  amount, currency, singapay_id, merchant_reference, processed_at, first_delivery_id,
                  last_delivery_id)
-             SELECT k, p, s, v, tsc, lrc, amt::numeric, cur, sid, mref, pa, fd, ld
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[],
-                           $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
-                           $12::int8[], $13::int8[])
-                    AS t(k, p, s, v, tsc, lrc, amt, cur, sid, mref, pa, fd, ld)
-             ON CONFLICT (transaction_key) DO NOTHING
-             RETURNING transaction_key"
-        } else {
-            "UPDATE singapay.transactions t
-                SET status = u.s, version = u.v, transaction_status_code = u.tsc, last_response_code = u.lrc,
-                    amount = u.amt::numeric, currency = u.cur, singapay_id = u.sid, merchant_reference = u.mref,
-                    processed_at = u.pa, last_delivery_id = u.ld, updated_at = now()
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[],
-                           $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
-                           $12::int8[], $13::int8[])
-                    AS u(k, p, s, v, tsc, lrc, amt, cur, sid, mref, pa, fd, ld)
-              WHERE t.transaction_key = u.k
-             RETURNING t.transaction_key"
-        };
-        let written: Vec<String> = sqlx::query_scalar(sql)
-            .bind(&keys)
-            .bind(products)
-            .bind(statuses)
-            .bind(versions)
-            .bind(col(|r| r.transaction_status_code.as_deref()))
-            .bind(col(|r| r.last_response_code.as_deref()))
-            .bind(col(|r| r.amount.as_deref()))
-            .bind(col(|r| r.currency.as_deref()))
-            .bind(col(|r| r.singapay_id.as_deref()))
-            .bind(col(|r| r.merchant_reference.as_deref()))
-            .bind(processed)
-            .bind(first)
-            .bind(last)
-            .fetch_all(&mut *conn)
-            .await?;
-        if written.len() != keys.len() {
-            return Err(BatchError::Raced("a transaction"));
+            SELECT k, p, s, v, tsc, lrc, amt::numeric, cur, sid, mref, pa, first_id, last_id
+              FROM t WHERE NOT stored
+            RETURNING 1
+         ), updated AS (
+            UPDATE singapay.transactions x
+               SET status = t.s, version = t.v, transaction_status_code = t.tsc, last_response_code = t.lrc,
+                   amount = t.amt::numeric, currency = t.cur, singapay_id = t.sid, merchant_reference = t.mref,
+                   processed_at = t.pa, last_delivery_id = t.last_id, updated_at = now()
+              FROM t WHERE t.stored AND x.transaction_key = t.k
+            RETURNING 1
+         ), e AS (
+            SELECT u.*, coalesce(u.did, (SELECT d.id FROM d WHERE d.content_sha256 = u.dsha)) AS delivery_id
+              FROM unnest($45::uuid[], $46::text[], $47::int4[], $48::text[], $49::text[], $50::text[],
+                          $51::text[], $52::text[], $53::int8[], $54::bytea[], $55::text[])
+                   AS u(eid, k, v, wt, fs, ts, rc, tsc, did, dsha, doc)
+         ), queued AS (
+            INSERT INTO singapay.transaction_events
+                (event_id, transaction_key, version, webhook_type, from_status, to_status, response_code,
+                 transaction_status_code, delivery_id, payload)
+            SELECT eid, k, v, wt, fs, ts, rc, tsc, delivery_id,
+                   jsonb_set(doc::jsonb, '{{delivery_id}}', to_jsonb(delivery_id))
+              FROM e
+            RETURNING 1
+         )
+         SELECT content_sha256, id FROM d
+         UNION ALL SELECT NULL, (SELECT count(*) FROM created) + (SELECT count(*) FROM updated)
+         UNION ALL SELECT NULL, (SELECT count(*) FROM queued)"
+    );
+    let q = d.bind(signed.bind(sqlx::query_as(&sql)));
+    let q = e.bind(t.bind(q));
+    let returned: Vec<(Option<Vec<u8>>, i64)> = q.fetch_all(&mut *conn).await?;
+    let mut inserted = Vec::with_capacity(rows.len());
+    let mut counts = Vec::new();
+    for (sha, id) in returned {
+        match sha {
+            Some(sha) => inserted.push((sha, id)),
+            None => counts.push(id),
         }
     }
-    Ok(())
+    if counts != [changed.len() as i64, ledger.events.len() as i64] {
+        return Err(BatchError::Raced("a transaction"));
+    }
+    ids_by_sha(inserted, rows.len(), new_sha, "a delivery")
 }
 
-async fn insert_events(
-    conn: &mut PgConnection,
-    ledger: &Ledger<'_>,
-    resolve: &impl Fn(DeliveryRef) -> i64,
-) -> Result<(), sqlx::Error> {
-    if ledger.events.is_empty() {
-        return Ok(());
+type Insert<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, (Option<Vec<u8>>, i64), sqlx::postgres::PgArguments>;
+
+/// `deliveries` columns beyond what was signed, one array each.
+#[derive(Default)]
+struct DeliveryColumns<'a> {
+    webhook_type: Vec<&'static str>,
+    event: Vec<Option<&'a str>>,
+    key: Vec<Option<&'a str>>,
+    response_code: Vec<Option<&'a str>>,
+    response_message: Vec<Option<&'a str>>,
+    response_class: Vec<Option<&'static str>>,
+    envelope_status: Vec<Option<i32>>,
+    envelope_success: Vec<Option<bool>>,
+    status_code: Vec<Option<&'a str>>,
+    status_desc: Vec<Option<&'a str>>,
+    status: Vec<Option<&'a str>>,
+    needs_inquiry: Vec<bool>,
+    outcome: Vec<&'static str>,
+    unrecognised: Vec<Option<&'static str>>,
+    event_at: Vec<Option<DateTime<Utc>>>,
+    payload: Vec<Option<&'a str>>,
+}
+
+impl<'a> DeliveryColumns<'a> {
+    fn push(&mut self, d: &'a Delivery, outcome: Outcome) {
+        let c = &d.classification;
+        let single = c.single();
+        self.webhook_type.push(c.webhook_type.as_str());
+        self.event.push(c.event.as_deref());
+        self.key.push(single.map(|s| s.transaction_key.as_str()));
+        self.response_code.push(c.response_code.as_deref());
+        self.response_message.push(c.response_message.as_deref());
+        self.response_class.push(c.response_class);
+        self.envelope_status.push(c.envelope_status);
+        self.envelope_success.push(c.envelope_success);
+        self.status_code.push(c.transaction_status_code.as_deref());
+        self.status_desc.push(c.transaction_status_desc.as_deref());
+        self.status.push(single.and_then(|s| s.status.as_deref()));
+        self.needs_inquiry.push(c.needs_inquiry);
+        self.outcome.push(outcome.as_str());
+        self.unrecognised.push(match &c.subject {
+            Subject::Unrecognised(why) => Some(*why),
+            _ => None,
+        });
+        self.event_at.push(c.event_at);
+        self.payload.push(d.payload.as_deref());
     }
-    let n = ledger.events.len();
-    let (
-        mut ids,
-        mut keys,
-        mut versions,
-        mut types,
-        mut from,
-        mut to,
-        mut codes,
-        mut status_codes,
-        mut deliveries,
-        mut docs,
-    ) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for e in &ledger.events {
+
+    fn bind<'q>(self, q: Insert<'q>) -> Insert<'q>
+    where
+        'a: 'q,
+    {
+        q.bind(self.webhook_type)
+            .bind(self.event)
+            .bind(self.key)
+            .bind(self.response_code)
+            .bind(self.response_message)
+            .bind(self.response_class)
+            .bind(self.envelope_status)
+            .bind(self.envelope_success)
+            .bind(self.status_code)
+            .bind(self.status_desc)
+            .bind(self.status)
+            .bind(self.needs_inquiry)
+            .bind(self.outcome)
+            .bind(self.unrecognised)
+            .bind(self.event_at)
+            .bind(self.payload)
+    }
+}
+
+/// New and changed `transactions` rows with their final state, one array per column.
+#[derive(Default)]
+struct TransactionColumns<'a> {
+    stored: Vec<bool>,
+    key: Vec<&'a str>,
+    product: Vec<&'a str>,
+    status: Vec<&'a str>,
+    version: Vec<i32>,
+    status_code: Vec<Option<&'a str>>,
+    response_code: Vec<Option<&'a str>>,
+    amount: Vec<Option<&'a str>>,
+    currency: Vec<Option<&'a str>>,
+    singapay_id: Vec<Option<&'a str>>,
+    merchant_reference: Vec<Option<&'a str>>,
+    processed_at: Vec<Option<DateTime<Utc>>>,
+    first_id: Vec<Option<i64>>,
+    first_sha: Vec<Option<[u8; 32]>>,
+    last_id: Vec<Option<i64>>,
+    last_sha: Vec<Option<[u8; 32]>>,
+}
+
+impl<'a> TransactionColumns<'a> {
+    fn push(&mut self, t: &'a super::transactions::Tracked, new_sha: &impl Fn(usize) -> [u8; 32]) {
+        let r = &t.row;
+        self.stored.push(t.stored);
+        self.key.push(&r.transaction_key);
+        self.product.push(&r.product);
+        self.status.push(&r.status);
+        self.version.push(r.version);
+        self.status_code.push(r.transaction_status_code.as_deref());
+        self.response_code.push(r.last_response_code.as_deref());
+        self.amount.push(r.amount.as_deref());
+        self.currency.push(r.currency.as_deref());
+        self.singapay_id.push(r.singapay_id.as_deref());
+        self.merchant_reference.push(r.merchant_reference.as_deref());
+        self.processed_at.push(r.processed_at);
+        let (id, sha) = by_ref(t.first_delivery, new_sha);
+        self.first_id.push(id);
+        self.first_sha.push(sha);
+        let (id, sha) = by_ref(t.last_delivery, new_sha);
+        self.last_id.push(id);
+        self.last_sha.push(sha);
+    }
+
+    fn bind<'q>(self, q: Insert<'q>) -> Insert<'q>
+    where
+        'a: 'q,
+    {
+        let shas = |v: Vec<Option<[u8; 32]>>| v.into_iter().map(|s| s.map(|s| s.to_vec())).collect::<Vec<_>>();
+        q.bind(self.stored)
+            .bind(self.key)
+            .bind(self.product)
+            .bind(self.status)
+            .bind(self.version)
+            .bind(self.status_code)
+            .bind(self.response_code)
+            .bind(self.amount)
+            .bind(self.currency)
+            .bind(self.singapay_id)
+            .bind(self.merchant_reference)
+            .bind(self.processed_at)
+            .bind(self.first_id)
+            .bind(shas(self.first_sha))
+            .bind(self.last_id)
+            .bind(shas(self.last_sha))
+    }
+}
+
+/// Queue rows, one array per column; the event document's `delivery_id` is set in SQL.
+#[derive(Default)]
+struct EventColumns<'a> {
+    event_id: Vec<uuid::Uuid>,
+    key: Vec<&'a str>,
+    version: Vec<i32>,
+    webhook_type: Vec<&'a str>,
+    from_status: Vec<Option<&'a str>>,
+    to_status: Vec<&'a str>,
+    response_code: Vec<Option<&'a str>>,
+    status_code: Vec<Option<&'a str>>,
+    delivery_id: Vec<Option<i64>>,
+    delivery_sha: Vec<Option<Vec<u8>>>,
+    document: Vec<String>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, e: &'a super::transactions::PlannedEvent<'a>, new_sha: &impl Fn(usize) -> [u8; 32]) {
         let event_id = events::event_id(&e.change.transaction_key, e.version);
-        let delivery_id = resolve(e.ctx.delivery);
-        docs.push(
+        let (id, sha) = by_ref(e.ctx.delivery, new_sha);
+        self.document.push(
             events::document(&EventFacts {
                 event_id,
                 change: e.change,
@@ -631,42 +721,39 @@ async fn insert_events(
                 webhook_type: e.ctx.webhook_type,
                 event: e.ctx.event,
                 response_code: e.ctx.response_code,
-                delivery_id,
+                // Set by the statement once the delivery's id is known.
+                delivery_id: id.unwrap_or(0),
             })
             .to_string(),
         );
-        ids.push(event_id);
-        keys.push(e.change.transaction_key.as_str());
-        versions.push(e.version);
-        types.push(e.ctx.webhook_type);
-        from.push(e.from_status.as_deref());
-        to.push(e.to_status);
-        codes.push(e.ctx.response_code);
-        status_codes.push(e.change.transaction_status_code.as_deref());
-        deliveries.push(delivery_id);
+        self.event_id.push(event_id);
+        self.key.push(&e.change.transaction_key);
+        self.version.push(e.version);
+        self.webhook_type.push(e.ctx.webhook_type);
+        self.from_status.push(e.from_status.as_deref());
+        self.to_status.push(e.to_status);
+        self.response_code.push(e.ctx.response_code);
+        self.status_code.push(e.change.transaction_status_code.as_deref());
+        self.delivery_id.push(id);
+        self.delivery_sha.push(sha.map(|s| s.to_vec()));
     }
-    sqlx::query(
-        "INSERT INTO singapay.transaction_events
-            (event_id, transaction_key, version, webhook_type, from_status, to_status, response_code,
-             transaction_status_code, delivery_id, payload)
-         SELECT e, k, v, wt, fs, ts, rc, tsc, d, p::jsonb
-           FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[],
-                       $8::text[], $9::int8[], $10::text[])
-                AS t(e, k, v, wt, fs, ts, rc, tsc, d, p)",
-    )
-    .bind(ids)
-    .bind(keys)
-    .bind(versions)
-    .bind(types)
-    .bind(from)
-    .bind(to)
-    .bind(codes)
-    .bind(status_codes)
-    .bind(deliveries)
-    .bind(docs)
-    .execute(conn)
-    .await?;
-    Ok(())
+
+    fn bind<'q>(self, q: Insert<'q>) -> Insert<'q>
+    where
+        'a: 'q,
+    {
+        q.bind(self.event_id)
+            .bind(self.key)
+            .bind(self.version)
+            .bind(self.webhook_type)
+            .bind(self.from_status)
+            .bind(self.to_status)
+            .bind(self.response_code)
+            .bind(self.status_code)
+            .bind(self.delivery_id)
+            .bind(self.delivery_sha)
+            .bind(self.document)
+    }
 }
 
 /// Retries of stored content: counted on the stored row.

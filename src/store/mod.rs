@@ -57,8 +57,9 @@ impl From<BatchError> for StoreError {
     fn from(e: BatchError) -> Self {
         match e {
             BatchError::Db(e) => e.into(),
-            // Still racing after the retries: contention, try again later.
-            BatchError::Raced(_) => StoreError::Unavailable(e.to_string()),
+            // Still "racing" after every retry: no longer a race but something in the batch
+            // (an item Postgres refuses as a duplicate); the batch is split to find it.
+            BatchError::Raced(_) => StoreError::Internal(e.to_string()),
         }
     }
 }

@@ -266,7 +266,7 @@ async fn over_http_a_poisonous_callback_gets_500_and_the_rest_of_its_batch_200()
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
               WHERE datname = current_database() AND wait_event_type = 'Lock'
-                AND query LIKE 'INSERT INTO singapay.deliveries%'",
+                AND query LIKE '%INSERT INTO singapay.deliveries%'",
         )
         .fetch_one(&app.db)
         .await
