@@ -195,7 +195,11 @@ fn retryable(e: &BatchError) -> bool {
 }
 
 async fn write_once(pool: &PgPool, writes: &[Write]) -> Result<Vec<Written>, BatchError> {
+    static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut conn = pool.acquire().await?;
+    if BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(store::REPREPARE_EVERY) {
+        sqlx::Connection::clear_cached_statements(&mut *conn).await?;
+    }
     let result = async {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let written = store::write(&mut tx, writes).await?;
