@@ -381,6 +381,16 @@ impl Drop for Receiver {
     }
 }
 
+/// Runs a closure when dropped.
+struct Defer(Box<dyn FnOnce()>);
+
+impl Drop for Defer {
+    fn drop(&mut self) {
+        let f = std::mem::replace(&mut self.0, Box::new(|| {}));
+        f();
+    }
+}
+
 fn row(name: &str, s: Stats) {
     let cpu = if s.cpu_us.is_nan() { "-".to_owned() } else { format!("{:.0}", s.cpu_us) };
     let batch = if s.batch.is_nan() { "-".to_owned() } else { format!("{:.1}", s.batch) };
@@ -431,10 +441,29 @@ fn main() {
     rt.block_on(load(port, pid, fresh(n / 10, &disbursement), 16));
     checkpoint("bench");
     let idle = rt.block_on(load(port, pid, fresh(n / 20, &disbursement), 1));
-    if std::env::var_os("BENCH_QUICK").is_some() {
-        // Only the headline figure, for trying settings.
-        let c64 = rt.block_on(load(port, pid, fresh(n, &disbursement), 64));
-        row("receiver, 64 clients", c64);
+    if let Some(quick) = std::env::var_os("BENCH_QUICK") {
+        // Only one figure, for trying settings: BENCH_QUICK=idle (one client) or anything
+        // else (64 clients).
+        let clients = if quick == "idle" { 1 } else { 64 };
+        if let Some(log) = std::env::var_os("BENCH_PG_LOG") {
+            // Every statement's duration in PostgreSQL's log, copied to this path afterwards.
+            rt.block_on(async {
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+                sqlx::query("ALTER SYSTEM SET log_min_duration_statement = 0").execute(&mut c).await.unwrap();
+                sqlx::query("SELECT pg_reload_conf()").execute(&mut c).await.unwrap();
+            });
+            let source = cluster.root.join("postgres.log");
+            let _copy = Defer(Box::new(move || {
+                let _ = std::fs::copy(&source, &log);
+            }));
+            let count = if clients == 1 { n / 20 } else { n };
+            let stats = rt.block_on(load(port, pid, fresh(count, &disbursement), clients));
+            row(&format!("receiver, {clients} clients"), stats);
+            return;
+        }
+        let count = if clients == 1 { n / 20 } else { n };
+        let stats = rt.block_on(load(port, pid, fresh(count, &disbursement), clients));
+        row(&format!("receiver, {clients} clients"), stats);
         return;
     }
     pgbench(&cluster, &url, n / 10, 1, 16, &dir.path().join("warm1"));

@@ -61,9 +61,12 @@ impl Intake {
     pub fn start(pool: PgPool, settings: IntakeSettings) -> Intake {
         let (queue, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        let handles = (0..settings.writers.max(1))
-            .map(|_| tokio::spawn(writer(pool.clone(), rx.clone(), settings.batch_max.max(1))))
+        // Wake-ups for listening consumers, coalesced: one pending at most.
+        let (wake, wakes) = mpsc::channel(1);
+        let mut handles: Vec<JoinHandle<()>> = (0..settings.writers.max(1))
+            .map(|_| tokio::spawn(writer(pool.clone(), rx.clone(), settings.batch_max.max(1), wake.clone())))
             .collect();
+        handles.push(tokio::spawn(waker(pool, wakes)));
         Intake { queue, writers: Writers(Arc::new(std::sync::Mutex::new(handles))) }
     }
 
@@ -88,7 +91,7 @@ impl Intake {
     }
 }
 
-async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, batch_max: usize) {
+async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, batch_max: usize, wake: mpsc::Sender<()>) {
     let mut jobs = Vec::with_capacity(batch_max);
     loop {
         {
@@ -100,24 +103,33 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, batch_max:
         }
         histogram!(metric::INTAKE_BATCH_SIZE).record(jobs.len() as f64);
         let (writes, replies): (Vec<Write>, Vec<_>) = jobs.drain(..).map(|j| (j.write, j.reply)).unzip();
-        commit(&pool, &writes, replies).await;
+        if commit(&pool, &writes, replies).await {
+            // Full means a wake-up is already pending; it will cover these events too.
+            let _ = wake.try_send(());
+        }
     }
 }
 
-/// Writes `writes`, answers each request, then wakes listening consumers if the batch
-/// queued events (after the answers: nobody waits for the wake-up).
-async fn commit(pool: &PgPool, writes: &[Write], replies: Vec<oneshot::Sender<Result<Written, StoreError>>>) {
-    let mut queued = false;
-    for (reply, result) in replies.into_iter().zip(write_batch(pool, writes).await) {
-        queued |= result.as_ref().is_ok_and(Written::queued_events);
-        let _ = reply.send(result);
-    }
-    if queued {
+/// Sends the consumers' wake-up off the writers' path, so that a writer is free for the
+/// next batch at once; wake-ups asked for while one is being sent are covered by the next.
+/// Stops once every writer has stopped.
+async fn waker(pool: PgPool, mut wakes: mpsc::Receiver<()>) {
+    while wakes.recv().await.is_some() {
         let woken = async { store::wake_consumers(&mut *pool.acquire().await?).await };
         if let Err(e) = woken.await {
             tracing::debug!(error = %e, "consumers not woken; they poll");
         }
     }
+}
+
+/// Writes `writes` and answers each request; true when the batch queued events.
+async fn commit(pool: &PgPool, writes: &[Write], replies: Vec<oneshot::Sender<Result<Written, StoreError>>>) -> bool {
+    let mut queued = false;
+    for (reply, result) in replies.into_iter().zip(write_batch(pool, writes).await) {
+        queued |= result.as_ref().is_ok_and(Written::queued_events);
+        let _ = reply.send(result);
+    }
+    queued
 }
 
 /// Writes `writes` as one transaction and returns one result per item, in order. An
