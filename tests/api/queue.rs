@@ -161,8 +161,21 @@ async fn claim_refuses_nonsense_arguments() {
             .bind(lease)
             .execute(&db)
             .await;
-        assert!(r.is_err(), "{consumer:?} {batch} {lease}");
+        let code = match &r {
+            Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            other => panic!("{consumer:?} {batch} {lease}: {other:?}"),
+        };
+        assert_eq!(code.as_deref(), Some("22023"), "{consumer:?} {batch} {lease}: invalid_parameter_value");
     }
+    // The positive control: the same call with sensible arguments works (and finds nothing).
+    let claimed = sqlx::query("SELECT * FROM singapay.claim_events($1, $2, $3::interval)")
+        .bind("c")
+        .bind(1)
+        .bind("1 minute")
+        .fetch_all(&db)
+        .await
+        .expect("a sensible claim succeeds");
+    assert!(claimed.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +217,32 @@ async fn without_notify_polling_still_delivers() {
     assert_eq!(events[0].to_status, "succeeded");
     let doc: serde_json::Value = serde_json::from_str(&events[0].payload).unwrap();
     assert_eq!(doc["event_id"], events[0].event_id.to_string());
-    assert_eq!(doc["amount"], "250000.00");
+    // The identifier is a cross-language contract, computed here by Python's uuid module:
+    // uuid5(uuid5(NAMESPACE_URL, "urn:singapay-webhooks:transaction-events"),
+    //       "disbursement:1405981222026031614220917745120:1").
+    assert_eq!(events[0].event_id.to_string(), "38321d12-0565-55d9-953f-e5eebcc57078");
+    let delivery_id: i64 = sqlx::query_scalar("SELECT id FROM singapay.deliveries").fetch_one(&app.db).await.unwrap();
+    // Every field of the event document (README, "The event document"), from the fixture.
+    let expected = serde_json::json!({
+        "schema": "singapay.transaction_event.v1",
+        "event_id": "38321d12-0565-55d9-953f-e5eebcc57078",
+        "transaction_key": "disbursement:1405981222026031614220917745120",
+        "product": "disbursement",
+        "version": 1,
+        "from_status": null,
+        "to_status": "succeeded",
+        "webhook_type": "disbursement",
+        "event": "disbursement",
+        "singapay_id": "1405981222026031614220917745120",
+        "merchant_reference": "PAYOUT-2026-0316-0007",
+        "amount": "250000.00",
+        "currency": "IDR",
+        "response_code": "SP000",
+        "transaction_status_code": "00",
+        "occurred_at": "2026-03-16T07:22:11+00:00",
+        "delivery_id": delivery_id,
+    });
+    assert_eq!(doc, expected);
 }
 
 #[tokio::test]
