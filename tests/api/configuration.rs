@@ -96,7 +96,18 @@ async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
         vars.retain(|(k, _)| k != var && !(var.ends_with("_FILE") && var.starts_with(k.as_str())));
         vars.push((var.to_owned(), value.to_owned()));
         let child = spawn(&args, &vars);
-        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+        // A regression that starts instead of refusing must fail the test, not hang it.
+        let pid = child.id();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tokio::task::spawn_blocking(move || child.wait_with_output()),
+        )
+        .await;
+        let Ok(out) = waited else {
+            let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            panic!("{var}={value:?}: still running after 60 s instead of refusing to start");
+        };
+        let out = out.unwrap().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{var}={value:?} was accepted");
         let lines: Vec<&str> = stderr.lines().collect();
