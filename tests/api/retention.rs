@@ -88,3 +88,41 @@ async fn prune_removes_only_old_finished_rows_and_leaves_a_claiming_consumer_alo
     assert_eq!(states, ["done", "dead", "done"], "the dead event stays; only old done rows went");
     assert_eq!(app.count("rejected_deliveries").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_skips_a_locked_candidate_finishes_and_takes_it_next_time() {
+    let app = TestApp::spawn().await;
+    for (code, n) in [("01", 1), ("03", 2), ("00", 3)] {
+        assert_eq!(app.send(&disbursement(code, n)).await.status, 200);
+    }
+    for _ in 0..3 {
+        for ev in queue::claim(&app.db, "c", 10, Duration::from_secs(60)).await.unwrap() {
+            assert!(queue::ack(&app.db, ev.id, "c").await.unwrap());
+        }
+    }
+    sqlx::query("UPDATE singapay.transaction_events SET finished_at = now() - interval '100 days'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    // Someone holds a lock on a real prune candidate: an old, finished event.
+    let mut holder = app.db.begin().await.unwrap();
+    let locked: i64 = sqlx::query_scalar(
+        "SELECT id FROM singapay.transaction_events WHERE state = 'done' ORDER BY id LIMIT 1 FOR UPDATE",
+    )
+    .fetch_one(&mut *holder)
+    .await
+    .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(90);
+    let report = tokio::time::timeout(Duration::from_secs(20), store::prune(&app.db, cutoff, 1, false))
+        .await
+        .expect("prune finishes although a candidate is locked")
+        .unwrap();
+    assert_eq!(report.events, 2, "the locked event is skipped, the others deleted");
+    let left: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM singapay.transaction_events").fetch_all(&app.db).await.unwrap();
+    assert_eq!(left, vec![locked]);
+    holder.rollback().await.unwrap();
+    let again = store::prune(&app.db, cutoff, 1, false).await.unwrap();
+    assert_eq!(again.events, 1, "once the lock is gone, the next prune takes it");
+    assert_eq!(app.count("transaction_events").await, 0);
+}
