@@ -420,7 +420,9 @@ fn main() {
     rt.block_on(embedded_pg::ensure_database(&cluster, "bench")).unwrap();
     let url = cluster.url("bench");
 
-    let server = Receiver::start(&rt, env!("CARGO_BIN_EXE_singapay-webhooks"), &url);
+    // BENCH_BINARY measures another build (e.g. in BENCH_QUICK mode, alternating runs).
+    let binary = std::env::var("BENCH_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_singapay-webhooks").to_owned());
+    let server = Receiver::start(&rt, &binary, &url);
     let (port, pid) = (server.port, server.pid());
     let mut next = 0usize;
     let mut fresh = |count: usize, make: &dyn Fn(usize) -> String| {

@@ -310,11 +310,21 @@ async fn terminal_to_terminal_is_a_conflict_and_success_to_refund_is_applied() {
 async fn stale_timestamps_duplicate_known_content_and_refuse_new_content() {
     let app = TestApp::spawn().await;
     let body = payload("disbursement");
-    assert_eq!(app.send(&body).await.status, 200);
-    // Known content, timestamp 10 minutes old: a harmless late retry.
+    let first = app.send(&body).await;
+    assert_eq!(first.status, 200);
+    // Known content, timestamp 10 minutes old: a harmless late retry of the stored delivery,
+    // counted on it, and not kept as a rejection.
     let late = app.send_at(&body, now() - 600).await;
     assert_eq!(late.status, 200, "{:?}", late.json);
     assert!(late.duplicate());
+    assert_eq!(late.delivery_id(), first.delivery_id());
+    let times: i32 = sqlx::query_scalar("SELECT times_received FROM singapay.deliveries WHERE id = $1")
+        .bind(first.delivery_id())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(times, 2);
+    assert_eq!(app.count("rejected_deliveries").await, 0);
     // New content with a stale (or future) timestamp: refused, kept for replay.
     let fresh_content = payload("ewallet-topup");
     let r = app.send_at(&fresh_content, now() - 600).await;
