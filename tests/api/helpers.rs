@@ -297,14 +297,30 @@ impl Reply {
     }
 }
 
-/// A private cluster for a test that must stop and start Postgres itself.
-pub fn private_cluster() -> (tempfile::TempDir, Cluster) {
+/// Owns a private cluster's directory and stops the cluster when dropped, so that a
+/// failing (panicking) test leaves no Postgres running.
+pub struct ClusterGuard {
+    cluster: Cluster,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        if self.cluster.is_running() {
+            let _ = self.cluster.stop();
+        }
+    }
+}
+
+/// A private cluster for a test that must stop and start Postgres itself. Keep the guard
+/// in a named binding (`let (_guard, cluster) = …`) for as long as the cluster is used.
+pub fn private_cluster() -> (ClusterGuard, Cluster) {
     let dir = tempfile::Builder::new().prefix("singapay-pg-").tempdir_in(std::env::temp_dir()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cluster = Cluster::open(&dir.path().join("pg"), false).expect("open private cluster");
     cluster.start().expect("start private cluster");
-    (dir, cluster)
+    (ClusterGuard { cluster: cluster.clone(), _dir: dir }, cluster)
 }
 
 pub async fn database_on(cluster: &Cluster, name: &str) -> (String, PgPool) {

@@ -401,9 +401,33 @@ async fn sigterm_with_200_callbacks_in_flight_loses_nothing() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Observed, not guessed: every callback is inside the receiver (taken by the writer
+    // that waits on the lock, or queued behind it) before the signal...
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+        let value = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        let inside = value("singapay_intake_batch_size_sum") + value("singapay_intake_queued");
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if inside == 201.0 && waiting >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "callbacks inside: {inside}, lock waiters: {waiting}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and the receiver has stopped accepting connections before the lock is released.
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     blocker.commit().await.unwrap();
 
     let results: Vec<_> = join_all(requests).await.into_iter().map(Result::unwrap).collect();
