@@ -73,17 +73,27 @@ async fn eight_consumers_share_ten_thousand_events_without_overlap_and_in_order(
     assert_eq!((s["done"], s["available"], s["running"], s["dead"]), (10_000, 0, 0, 0));
 }
 
+/// Ends every running lease now, as time passing would (no sleeping on a loaded machine).
+async fn expire_leases(db: &sqlx::PgPool) {
+    sqlx::query(
+        "UPDATE singapay.transaction_events SET locked_until = now() - interval '1 second' WHERE state = 'running'",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn an_expired_lease_is_claimed_again_and_the_late_ack_is_fenced_off() {
     let (_url, db) = fresh_database().await;
     seed_events(&db, 10, 1).await;
-    let first = queue::claim(&db, "crashed", 10, Duration::from_millis(1500)).await.unwrap();
+    let first = queue::claim(&db, "crashed", 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(first.len(), 10);
     assert!(
         queue::claim(&db, "other", 10, Duration::from_secs(60)).await.unwrap().is_empty(),
         "leased events are not handed out twice"
     );
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    expire_leases(&db).await;
 
     let second = queue::claim(&db, "survivor", 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(second.iter().map(|e| e.id).collect::<Vec<_>>(), first.iter().map(|e| e.id).collect::<Vec<_>>());
@@ -105,9 +115,35 @@ async fn an_expired_lease_is_claimed_again_and_the_late_ack_is_fenced_off() {
 async fn a_lease_that_expired_unclaimed_cannot_be_acked() {
     let (_url, db) = fresh_database().await;
     seed_events(&db, 1, 1).await;
-    let ev = queue::claim(&db, "slow", 1, Duration::from_millis(200)).await.unwrap().remove(0);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let ev = queue::claim(&db, "slow", 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    expire_leases(&db).await;
     assert!(!queue::ack(&db, ev.id, "slow").await.unwrap());
+    assert!(!queue::nack(&db, ev.id, "slow", "late", Duration::ZERO).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_lease_that_expires_on_the_last_allowed_attempt_goes_dead() {
+    let (_url, db) = fresh_database().await;
+    seed_events(&db, 1, 1).await;
+    sqlx::query("UPDATE singapay.transaction_events SET max_attempts = 2").execute(&db).await.unwrap();
+    // The first attempt's lease runs out: the event is handed out again.
+    queue::claim(&db, "poisoned", 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    expire_leases(&db).await;
+    let again = queue::claim(&db, "poisoned", 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    assert_eq!(again.attempts, 2);
+    // The last allowed attempt's lease runs out too (the consumer crashes on it every
+    // time): the next claim reaps it as dead instead of handing it out a third time.
+    expire_leases(&db).await;
+    assert!(queue::claim(&db, "next", 1, Duration::from_secs(60)).await.unwrap().is_empty());
+    let (state, error, finished): (String, String, bool) =
+        sqlx::query_as("SELECT state, last_error, finished_at IS NOT NULL FROM singapay.transaction_events")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(state, "dead");
+    assert_eq!(error, "lease of poisoned expired on the last allowed attempt");
+    assert!(finished);
+    assert_eq!(states(&db).await["dead"], 1);
 }
 
 #[tokio::test]
@@ -116,31 +152,33 @@ async fn nack_backs_off_exponentially_and_the_last_attempt_goes_dead() {
     seed_events(&db, 1, 1).await;
     sqlx::query("UPDATE singapay.transaction_events SET max_attempts = 3").execute(&db).await.unwrap();
     let base = Duration::from_millis(1000);
+    let clock = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("SELECT clock_timestamp()").fetch_one(&db).await.unwrap()
+    };
     for attempt in 1..=3 {
         let ev = queue::claim(&db, "worker", 1, Duration::from_secs(60)).await.unwrap().remove(0);
         assert_eq!(ev.attempts, attempt);
+        let before = clock().await;
         assert!(queue::nack(&db, ev.id, "worker", &format!("boom {attempt}"), base).await.unwrap());
+        let after = clock().await;
         if attempt == 3 {
             break;
         }
-        let wait_ms: f64 = sqlx::query_scalar(
-            "SELECT extract(epoch FROM available_at - now())::float8 * 1000 FROM singapay.transaction_events",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        // The wait doubles per attempt (1 s, then 2 s); the window allows for a slow machine
-        // between the nack and this query while still telling the two apart.
-        let expected = 1000.0 * 2f64.powi(attempt - 1);
+        // The wait doubles per attempt (1 s, then 2 s), counted from the nack, which ran
+        // between `before` and `after` by Postgres's own clock.
+        let available_at: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT available_at FROM singapay.transaction_events").fetch_one(&db).await.unwrap();
+        let wait = chrono::Duration::milliseconds(1000 * 2i64.pow(attempt as u32 - 1));
         assert!(
-            (expected * 0.6..=expected + 10.0).contains(&wait_ms),
-            "attempt {attempt}: waits {wait_ms} ms, expected ~{expected}"
+            before + wait <= available_at && available_at <= after + wait,
+            "attempt {attempt}: available at {available_at}, expected {wait} after a nack between {before} and {after}"
         );
         assert!(
             queue::claim(&db, "worker", 1, Duration::from_secs(60)).await.unwrap().is_empty(),
             "not claimable before available_at"
         );
-        tokio::time::sleep(Duration::from_millis(expected as u64 + 50)).await;
+        // Let the backoff pass without waiting for it.
+        sqlx::query("UPDATE singapay.transaction_events SET available_at = now()").execute(&db).await.unwrap();
     }
     let (state, error): (String, String) =
         sqlx::query_as("SELECT state, last_error FROM singapay.transaction_events").fetch_one(&db).await.unwrap();
