@@ -59,9 +59,8 @@ async fn the_example_consumer_survives_a_kill_mid_batch() {
     }
     first.kill().unwrap(); // SIGKILL: no chance to ack or give anything back
     first.wait().unwrap();
-    while let Ok(l) = lines.try_recv() {
-        seen.push(l);
-    }
+    // Everything it printed, up to the end of its stdout (the reader thread then hangs up).
+    seen.extend(lines.iter());
     let done_before: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.transaction_events WHERE state = 'done'")
         .fetch_one(&db)
         .await
@@ -83,13 +82,25 @@ async fn the_example_consumer_survives_a_kill_mid_batch() {
     }
     Command::new("kill").arg("-TERM").arg(second.id().to_string()).status().unwrap();
     assert!(second.wait().unwrap().success(), "SIGTERM stops the consumer cleanly");
-    seen.extend(lines.try_iter());
+    seen.extend(lines.iter());
 
+    // Exactly once is judged from the database: the handler's record holds each queued
+    // event once. (A SIGKILL between a handler's commit and its print loses the line, so
+    // the output can only show that nothing was handled twice.)
+    let recorded: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM consumer_example.handled ORDER BY event_id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let queued: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM singapay.transaction_events ORDER BY event_id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(recorded.len(), 20);
+    assert_eq!(recorded, queued, "each queued event handled exactly once");
     let handled: Vec<&String> = seen.iter().filter(|l| l.starts_with("handled ")).collect();
     let unique: std::collections::HashSet<&&String> = handled.iter().collect();
-    assert_eq!(handled.len(), 20, "each event's side effect ran exactly once: {seen:#?}");
-    assert_eq!(unique.len(), 20);
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM consumer_example.handled").fetch_one(&db).await.unwrap();
-    assert_eq!(recorded, 20);
+    assert_eq!(unique.len(), handled.len(), "no event's side effect ran twice: {seen:#?}");
+    assert!(handled.len() <= 20);
 }

@@ -228,7 +228,6 @@ async fn listen_wakes_a_waiting_consumer_as_soon_as_a_callback_commits() {
         let events = queue::claim(&db, "listener", 10, Duration::from_secs(30)).await.unwrap();
         (woken, started.elapsed(), events)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.send(&payload("va-transaction")).await.status, 200);
     let (woken, elapsed, events) = tokio::time::timeout(Duration::from_secs(30), consumer).await.unwrap().unwrap();
     assert!(woken, "woken by NOTIFY");
