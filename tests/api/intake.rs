@@ -427,3 +427,71 @@ async fn a_callers_request_id_is_returned_and_stored() {
         .unwrap();
     assert_eq!(stored, "lb-trace-1234");
 }
+
+/// README, "What decides the payment state": money-out codes and money-in strings, each
+/// on a transaction of its own; `SP001` without a status asks for an inquiry.
+#[tokio::test]
+async fn every_documented_status_code_and_string_sets_the_documented_state() {
+    let app = TestApp::spawn().await;
+    let codes = [
+        ("00", "succeeded"),
+        ("01", "initiated"),
+        ("02", "paying"),
+        ("03", "pending"),
+        ("04", "refunded"),
+        ("05", "canceled"),
+        ("06", "failed"),
+        ("07", "not_found"),
+    ];
+    for (code, expected) in codes {
+        let id = format!("55{code:0>29}");
+        let body = serde_json::json!({
+            "response_code": "SP000", "event": "disbursement",
+            "data": { "transaction_id": id, "transaction_status": { "code": code } }
+        })
+        .to_string();
+        assert_eq!(app.send(&body).await.status, 200);
+        let status: String = sqlx::query_scalar("SELECT status FROM singapay.transactions WHERE transaction_key = $1")
+            .bind(format!("disbursement:{id}"))
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(status, expected, "money-out code {code}");
+    }
+    for (i, (string, expected)) in
+        [("paid", "succeeded"), ("unpaid", "pending"), ("expired", "expired")].iter().enumerate()
+    {
+        let id = format!("VA-STATUS-{i}");
+        let body = payload("va-transaction")
+            .replace("3211120260314091205518", &id)
+            .replace(r#""status": "paid""#, &format!(r#""status": "{string}""#));
+        assert_eq!(app.send(&body).await.status, 200);
+        let status: String = sqlx::query_scalar("SELECT status FROM singapay.transactions WHERE transaction_key = $1")
+            .bind(format!("va:{id}"))
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(&status, expected, "money-in status {string}");
+    }
+    // SP001 with no status: stored, the state left alone, an inquiry asked for.
+    let body = serde_json::json!({
+        "response_code": "SP001", "response_message": "Failed", "event": "disbursement",
+        "data": { "transaction_id": "5599" }
+    })
+    .to_string();
+    let r = app.send(&body).await;
+    assert_eq!(r.status, 200);
+    let (inquiry, outcome): (bool, String) =
+        sqlx::query_as("SELECT needs_inquiry, outcome FROM singapay.deliveries WHERE id = $1")
+            .bind(r.delivery_id())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((inquiry, outcome.as_str()), (true, "unchanged"));
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM singapay.transactions WHERE transaction_key = 'disbursement:5599'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(rows, 0, "no state is invented");
+}
