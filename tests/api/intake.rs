@@ -495,3 +495,63 @@ async fn every_documented_status_code_and_string_sets_the_documented_state() {
             .unwrap();
     assert_eq!(rows, 0, "no state is invented");
 }
+
+/// README, "State machine": a failed subscription charge is retried by Singapay, so a later
+/// success applies; statuses with no known order replace each other in arrival order.
+#[tokio::test]
+async fn a_failed_charge_can_still_succeed_and_unranked_statuses_follow_arrival_order() {
+    let app = TestApp::spawn().await;
+    let bill = |event: &str, at: &str| {
+        payload("subscription-cycle")
+            .replace("subscription.cycle.payment_failed", event)
+            .replace("01 Apr 2026 00:05:12", at)
+    };
+    let state = |key: &'static str| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_as::<_, (String, i32)>(
+                "SELECT status, version FROM singapay.transactions WHERE transaction_key = $1",
+            )
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let outcome = |id: i64| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT outcome FROM singapay.deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let key = "subscription_bill:BILL-20260401-00418-02";
+    let r = app.send(&bill("subscription.cycle.payment_failed", "01 Apr 2026 00:05:12")).await;
+    assert_eq!(outcome(r.delivery_id()).await, "applied");
+    assert_eq!(state(key).await, ("failed".to_owned(), 1));
+    let r = app.send(&bill("subscription.cycle.payment_success", "02 Apr 2026 00:05:12")).await;
+    assert_eq!(outcome(r.delivery_id()).await, "applied", "a retried charge that succeeds applies");
+    assert_eq!(state(key).await, ("succeeded".to_owned(), 2));
+    let r = app.send(&bill("subscription.cycle.payment_failed", "03 Apr 2026 00:05:12")).await;
+    assert_eq!(outcome(r.delivery_id()).await, "stale", "a late failure cannot undo the success");
+    assert_eq!(state(key).await, ("succeeded".to_owned(), 2));
+
+    let refund = |event: &str, note: u32| {
+        serde_json::json!({
+            "status": 200, "success": true, "event": event,
+            "data": { "refund": { "settlement_detail_id": "SD-77", "transaction_id": "T-77", "note": note } }
+        })
+        .to_string()
+    };
+    let key = "settlement_refund:SD-77";
+    app.send(&refund("settlement.refund_requested", 1)).await;
+    assert_eq!(state(key).await, ("refund_requested".to_owned(), 1));
+    app.send(&refund("settlement.refund_completed", 2)).await;
+    assert_eq!(state(key).await, ("refund_completed".to_owned(), 2));
+    let r = app.send(&refund("settlement.refund_requested", 3)).await;
+    assert_eq!(outcome(r.delivery_id()).await, "applied", "no known order: the latest arrival wins");
+    assert_eq!(state(key).await, ("refund_requested".to_owned(), 3));
+}
