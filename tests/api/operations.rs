@@ -472,3 +472,64 @@ async fn sigterm_with_200_callbacks_in_flight_loses_nothing() {
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+/// `migrate`, `serve --migrate` on an empty database, and `prune` with `RETENTION_DAYS`,
+/// `--dry-run` and `--batch-size`, as commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_serve_migrate_and_prune_work_as_commands() {
+    let tables = |db: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_tables WHERE schemaname = 'singapay'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    // migrate: an empty database gets the schema; a second run changes nothing.
+    let (url, db) = crate::helpers::empty_database().await;
+    assert_eq!(tables(db.clone()).await, 0);
+    for _ in 0..2 {
+        let (ok, _, err) = process::run(&["migrate"], &env(&[("DATABASE_URL", &url), ("LOG_FORMAT", "text")])).await;
+        assert!(ok, "{err}");
+        assert_eq!(tables(db.clone()).await, 4);
+    }
+
+    // serve --migrate on an empty database takes a callback.
+    let (url, db) = crate::helpers::empty_database().await;
+    let secret = format!("cs_{}", random_hex(8));
+    let port = free_port().unwrap();
+    let vars = env(&[
+        ("DATABASE_URL", &url),
+        ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ("LOG_FORMAT", "text"),
+    ]);
+    let mut server = process::serve(&["serve", "--migrate"], &vars, port);
+    server.wait_ready().await;
+    assert_eq!(post(&server, &secret, &payload("disbursement"), now()).await, 200);
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(30)).await.success());
+
+    // prune: three finished events, two of them older than RETENTION_DAYS=30.
+    crate::helpers::seed_events(&db, 3, 1).await;
+    sqlx::query("UPDATE singapay.transaction_events SET state = 'done', finished_at = now() - interval '40 days' WHERE transaction_key IN ('disbursement:seed-1', 'disbursement:seed-2')")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE singapay.transaction_events SET state = 'done', finished_at = now() - interval '10 days' WHERE transaction_key = 'disbursement:seed-3'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let prune_env = env(&[("DATABASE_URL", &url), ("RETENTION_DAYS", "30"), ("LOG_FORMAT", "text")]);
+    let (ok, out, err) = process::run(&["prune", "--dry-run"], &prune_env).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("RETENTION_DAYS=30") && out.contains("would delete 2 queue rows"), "{out}");
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM singapay.transaction_events").fetch_one(&db).await.unwrap()
+    };
+    assert_eq!(events().await, 4, "a dry run deletes nothing (3 seeded, 1 from the callback)");
+    let (ok, out, err) = process::run(&["prune", "--batch-size", "1"], &prune_env).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted 2 queue rows"), "{out}");
+    assert_eq!(events().await, 2, "the recent finished event and the callback's stay");
+    let (ok, _, err) = process::run(&["prune", "--batch-size", "0"], &prune_env).await;
+    assert!(!ok && err.contains("batch-size"), "{err}");
+}
