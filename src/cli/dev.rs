@@ -99,6 +99,7 @@ async fn run(
     }
     let state = startup::production_state(pool.clone(), settings.clone());
     startup::run(listener, admin, state, shutdown).await?;
-    pool.close().await;
+    // As in `serve`: connections still stuck after the shutdown timeout are not waited for.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await;
     Ok(())
 }

@@ -21,7 +21,9 @@ pub async fn serve(settings: Settings, database_url: &SecretString, migrate: boo
     );
     let state = startup::production_state(pool.clone(), settings);
     startup::run(listener, admin, state, shutdown).await?;
-    pool.close().await;
+    // Connections still busy after the shutdown timeout (a callback stuck on a lock) are not
+    // waited for: leaving closes them, and Postgres rolls their transactions back.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await;
     tracing::info!("stopped");
     Ok(())
 }

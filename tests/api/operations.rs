@@ -533,3 +533,81 @@ async fn migrate_serve_migrate_and_prune_work_as_commands() {
     let (ok, _, err) = process::run(&["prune", "--batch-size", "0"], &prune_env).await;
     assert!(!ok && err.contains("batch-size"), "{err}");
 }
+
+/// SIGINT stops the receiver like SIGTERM; when SHUTDOWN_TIMEOUT_SECS runs out, a callback
+/// still stuck in the database is left unanswered and uncommitted (Singapay retries it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_with_a_stuck_callback_gives_up_after_the_shutdown_timeout() {
+    let (db_url, db) = fresh_database().await;
+    let secret = format!("cs_{}", random_hex(8));
+    let port = free_port().unwrap();
+    let vars = env(&[
+        ("DATABASE_URL", &db_url),
+        ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ("SHUTDOWN_TIMEOUT_SECS", "1"),
+        ("LOG_FORMAT", "text"),
+    ]);
+    let mut server = process::serve(&["serve"], &vars, port);
+    server.wait_ready().await;
+    let body = |code: &str| {
+        format!(
+            r#"{{"response_code":"SP000","event":"disbursement","data":{{"transaction_id":"3131","transaction_status":{{"code":"{code}"}}}}}}"#
+        )
+    };
+    assert_eq!(post(&server, &secret, &body("01"), now()).await, 200);
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM singapay.transactions WHERE transaction_key = 'disbursement:3131' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let stuck = {
+        let (url, secret, body) = (server.url("/webhooks/singapay"), secret.clone(), body("00"));
+        tokio::spawn(async move {
+            let ts = now().to_string();
+            let sig = sign_php(&secret, "/webhooks/singapay", "stuck", &body, &ts);
+            reqwest::Client::new()
+                .post(url)
+                .header("x-signature", sig)
+                .header("x-timestamp", ts)
+                .header("authorization", "Bearer stuck")
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if waiting >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the callback never reached the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = std::time::Instant::now();
+    server.signal("INT");
+    assert!(server.wait_exit(Duration::from_secs(20)).await.success(), "SIGINT exits 0");
+    let took = signalled.elapsed();
+    assert!(took >= Duration::from_millis(900), "it waited for the stuck callback first ({took:?})");
+    // 1 s of SHUTDOWN_TIMEOUT_SECS, not the 10 s lock_timeout of the stuck statement.
+    assert!(took < Duration::from_secs(6), "the shutdown timeout was not honoured ({took:?})");
+    assert!(server.log_text().contains("did not finish in time"), "{}", server.log_text());
+    let answer = stuck.await.unwrap();
+    assert!(!matches!(answer, Ok(200)), "the stuck callback was not acknowledged: {answer:?}");
+    blocker.commit().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.deliveries").fetch_one(&db).await.unwrap();
+    assert_eq!(stored, 1, "nothing of the stuck callback was committed");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM singapay.transactions WHERE transaction_key = 'disbursement:3131'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(status, "initiated");
+}
