@@ -611,3 +611,70 @@ async fn sigint_with_a_stuck_callback_gives_up_after_the_shutdown_timeout() {
             .unwrap();
     assert_eq!(status, "initiated");
 }
+
+/// Secrets from files (`DATABASE_URL_FILE`, `SINGAPAY_WEBHOOK_SECRETS_FILE`), and a `.env`
+/// in the working directory, whose values real environment variables override.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_from_files_and_a_dot_env_configure_serve() {
+    let (db_url, db) = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("cs_{}", random_hex(8));
+    std::fs::write(dir.path().join("db_url"), format!("{db_url}\n")).unwrap();
+    std::fs::write(dir.path().join("secrets"), format!("files={secret}\n")).unwrap();
+    let port = free_port().unwrap();
+    let vars = env(&[
+        ("DATABASE_URL_FILE", dir.path().join("db_url").to_str().unwrap()),
+        ("SINGAPAY_WEBHOOK_SECRETS_FILE", dir.path().join("secrets").to_str().unwrap()),
+        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ("LOG_FORMAT", "json"),
+    ]);
+    let mut server = process::serve(&["serve"], &vars, port);
+    server.wait_ready().await;
+    assert_eq!(post(&server, &secret, &payload("va-transaction"), now()).await, 200);
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(30)).await.success());
+    let credential: String =
+        sqlx::query_scalar("SELECT credential FROM singapay.deliveries").fetch_one(&db).await.unwrap();
+    assert_eq!(credential, "files", "the label from the secrets file");
+
+    // A .env in the working directory; LISTEN_ADDR from the real environment wins over it.
+    let (env_port, real_port) = (free_port().unwrap(), free_port().unwrap());
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "DATABASE_URL={db_url}\nSINGAPAY_WEBHOOK_SECRETS=dotenv={secret}\nLISTEN_ADDR=127.0.0.1:{env_port}\nLOG_FORMAT=json\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(process::BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN_ADDR", format!("127.0.0.1:{real_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let (stderr, sink) = (child.stderr.take().unwrap(), logs.clone());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut server = Server { child, logs, port: real_port };
+    server.wait_ready().await;
+    let body = payload("va-transaction").replace("3211120260314091205518", "DOTENV-1");
+    assert_eq!(post(&server, &secret, &body, now()).await, 200);
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", env_port)).await.is_err(), "the .env's LISTEN_ADDR lost");
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(30)).await.success());
+    let credential: String =
+        sqlx::query_scalar("SELECT credential FROM singapay.deliveries WHERE transaction_key = 'va:DOTENV-1'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(credential, "dotenv", "the label from the .env");
+}
