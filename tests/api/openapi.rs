@@ -184,3 +184,78 @@ async fn the_router_produces_exactly_what_openapi_documents() {
     let missing: Vec<_> = documented.difference(&observed).collect();
     assert!(missing.is_empty(), "documented but never produced: {missing:?}");
 }
+
+/// Every refusal code is counted in `singapay_rejections_total{code}` (docs/operations.md),
+/// once per refused callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_code_is_counted_once() {
+    let app = TestApp::spawn_with(|s| s.max_body_bytes = 4096).await;
+    let fenced = TestApp::spawn_with(|s| s.allowed_source_cidrs = Some(vec!["192.0.2.0/24".parse().unwrap()])).await;
+    let closed = format!("postgres://postgres@127.0.0.1:{}/none", singapay_webhooks::embedded_pg::free_port().unwrap());
+    let down =
+        TestApp::spawn_on(closed.clone(), sqlx::postgres::PgPoolOptions::new().connect_lazy(&closed).unwrap(), |_| {})
+            .await;
+    let broken = TestApp::spawn().await;
+    sqlx::query("ALTER TABLE singapay.deliveries RENAME COLUMN payload TO payload_gone")
+        .execute(&broken.db)
+        .await
+        .unwrap();
+    let body = payload("disbursement");
+    let p = DEFAULT_PATH;
+    let mut codes = Vec::new();
+    let mut refuse = |o: Observed| {
+        let v: Value = serde_json::from_str(&o.body).unwrap();
+        codes.push(v["error"]["code"].as_str().unwrap().to_owned());
+    };
+    refuse(call(&app, p, "POST", p, &[], body.clone().into_bytes()).await);
+    let mut bad_ts = signed(&app, p, body.as_bytes(), false);
+    bad_ts[1].1 = "yesterday".into();
+    refuse(call(&app, p, "POST", p, &bad_ts, body.clone().into_bytes()).await);
+    let mut forged = signed(&app, p, body.as_bytes(), false);
+    forged[0].1 = "0".repeat(128);
+    refuse(call(&app, p, "POST", p, &forged, body.clone().into_bytes()).await);
+    refuse(call(&app, p, "POST", p, &[], vec![b' '; 10_000]).await);
+    let array = b"[1,2,3]".to_vec();
+    refuse(call(&app, p, "POST", p, &signed(&app, p, &array, true), array).await);
+    refuse(call(&fenced, p, "POST", p, &[], body.clone().into_bytes()).await);
+    refuse(call(&down, p, "POST", p, &signed(&down, p, body.as_bytes(), false), body.clone().into_bytes()).await);
+    refuse(call(&broken, p, "POST", p, &signed(&broken, p, body.as_bytes(), false), body.clone().into_bytes()).await);
+    let stale = app.send_at(&payload("ewallet-topup"), now() - 3600).await;
+    codes.push(stale.error_code().to_owned());
+    let expected = [
+        "missing_signature_headers",
+        "invalid_timestamp",
+        "signature_invalid",
+        "body_too_large",
+        "invalid_body",
+        "ip_not_allowed",
+        "storage_unavailable",
+        "internal",
+        "stale_timestamp",
+    ];
+    assert_eq!(codes, expected);
+    // All four apps record into this process's one registry.
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for code in expected {
+        let line = format!("singapay_rejections_total{{code=\"{code}\"}} 1");
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+}
+
+/// The 404 body and `/readyz` on a database without the schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_and_migrations_pending_say_so() {
+    let app = TestApp::spawn().await;
+    let r = call(&app, "/nope", "GET", "/nope", &[], Vec::new()).await;
+    assert_eq!(r.status, 404);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["error"]["code"], "not_found");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let (url, db) = crate::helpers::empty_database().await;
+    let bare = TestApp::spawn_on(url, db, |_| {}).await;
+    let r = call(&bare, "/readyz", "GET", "/readyz", &[], Vec::new()).await;
+    assert_eq!(r.status, 503);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "migrations_pending", "{v}");
+}
