@@ -555,3 +555,22 @@ async fn a_failed_charge_can_still_succeed_and_unranked_statuses_follow_arrival_
     assert_eq!(outcome(r.delivery_id()).await, "applied", "no known order: the latest arrival wins");
     assert_eq!(state(key).await, ("refund_requested".to_owned(), 3));
 }
+
+/// `partner_id` (X-Partner-ID), `event_at` (the processed time, epoch milliseconds) and
+/// `response_class` (SP000 is a successful request) reach their columns.
+#[tokio::test]
+async fn partner_event_time_and_response_class_are_stored() {
+    let app = TestApp::spawn().await;
+    let r = app.send(&payload("disbursement")).await;
+    assert_eq!(r.status, 200);
+    let (partner, event_at, class): (Option<String>, Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
+        sqlx::query_as("SELECT partner_id, event_at, response_class FROM singapay.deliveries WHERE id = $1")
+            .bind(r.delivery_id())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(partner.as_deref(), Some("partner-test"), "the header the test client sends");
+    // processed_timestamp "1773645731000" ms = 2026-03-16T07:22:11Z.
+    assert_eq!(event_at.map(|t| t.to_rfc3339()).as_deref(), Some("2026-03-16T07:22:11+00:00"));
+    assert_eq!(class.as_deref(), Some("success"));
+}
