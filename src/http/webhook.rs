@@ -22,9 +22,10 @@ use super::{ApiError, AppState, REQUEST_ID};
 use crate::config::Settings;
 use crate::singapay::json::to_jsonb_text;
 use crate::singapay::signature::{self, SignedHeaders, Verified};
+use crate::singapay::status::Transition;
 use crate::singapay::webhook::{self, column_text, Subject};
 use crate::singapay::Body;
-use crate::store::{Delivery, Outcome, Rejection, Signed, StoreError, Stored, Write, Written};
+use crate::store::{Delivery, Rejection, Signed, StoreError, Stored, Write, Written};
 use crate::telemetry::metric;
 
 /// Bodies larger than this are analysed on the blocking pool, so a large callback cannot
@@ -91,8 +92,8 @@ pub struct Facts {
     pub rejected_delivery_id: Option<i64>,
     pub items: Option<usize>,
     pub needs_inquiry: Option<bool>,
-    /// The status of a terminal delivery that contradicted the stored terminal status.
-    pub conflict: Option<String>,
+    /// Changes that contradicted a stored terminal status (`key: status`), not applied.
+    pub conflicts: Vec<String>,
     pub stale_retry: bool,
     pub client: Option<String>,
 }
@@ -154,8 +155,11 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         (None, _) if f.stale_retry => tracing::info!("stale retry of a stored delivery acknowledged"),
         (None, _) => {
             tracing::info!(items = f.items, needs_inquiry = f.needs_inquiry, "delivery stored");
-            if let Some(status) = &f.conflict {
-                tracing::warn!(status = %status, "terminal status contradicts the stored terminal status; stored, not applied");
+            if !f.conflicts.is_empty() {
+                tracing::warn!(
+                    conflicts = %f.conflicts.join(", "),
+                    "terminal status contradicts the stored terminal status; stored, not applied"
+                );
             }
         }
     }
@@ -307,7 +311,6 @@ async fn store(state: &AppState, delivery: Delivery, notes: &Notes) -> Result<An
         Subject::Unrecognised(_) => 0,
     };
     let needs_inquiry = delivery.classification.needs_inquiry;
-    let reported = delivery.classification.single().and_then(|c| c.status.clone());
     let Written::Stored(s) = state.intake.submit(Write::Deliver(Box::new(delivery))).await.map_err(storage_error)?
     else {
         return Err(ApiError::Internal);
@@ -325,9 +328,12 @@ async fn store(state: &AppState, delivery: Delivery, notes: &Notes) -> Result<An
         f.delivery_id = Some(s.delivery_id);
         f.items = Some(items);
         f.needs_inquiry = Some(needs_inquiry);
-        if s.outcome == Outcome::Conflict && !s.duplicate {
-            f.conflict = reported;
-        }
+        f.conflicts = s
+            .changes
+            .iter()
+            .filter(|c| c.transition == Transition::Conflict)
+            .map(|c| format!("{}: {}", c.transaction_key, c.to_status))
+            .collect();
     });
     Ok(Answer::Stored(s))
 }

@@ -574,3 +574,60 @@ async fn partner_event_time_and_response_class_are_stored() {
     assert_eq!(event_at.map(|t| t.to_rfc3339()).as_deref(), Some("2026-03-16T07:22:11+00:00"));
     assert_eq!(class.as_deref(), Some("success"));
 }
+
+/// An expiration sweep expires a transaction still pending, and leaves alone one that was
+/// paid meanwhile (both terminal: a conflict, stored and logged, not applied; the payment
+/// happened, the sweep is a late view of it).
+#[tokio::test]
+async fn a_sweep_expires_what_is_pending_and_never_a_payment_that_succeeded() {
+    let app = TestApp::spawn().await;
+    let qris = |reff: &str, status: &str| {
+        payload("qris-acquirer-transaction")
+            .replace("6601K9Q2ZC7RM3B8T1XW4HF0NE", reff)
+            .replace(r#""status": "paid""#, &format!(r#""status": "{status}""#))
+    };
+    assert_eq!(app.send(&qris("QR-PENDING", "pending")).await.status, 200);
+    assert_eq!(app.send(&qris("QR-PAID", "paid")).await.status, 200);
+    let sweep = serde_json::json!({
+        "status": 200, "success": true, "event": "transaction-expiration",
+        "timestamp": "22 Mar 2026 04:35:02",
+        "data": {
+            "payment_link_histories": [],
+            "virtual_account_transactions": [{ "id": 77, "reff_no": "VA-SWEPT", "status": "expired" }],
+            "qris_histories": [
+                { "id": 1, "reff_no": "QR-PENDING", "status": "expired" },
+                { "id": 2, "reff_no": "QR-PAID", "status": "expired" }
+            ],
+            "summary": { "payment_link_histories": 0, "virtual_account_transactions": 1, "qris_histories": 2 }
+        }
+    })
+    .to_string();
+    let r = app.send(&sweep).await;
+    assert_eq!(r.status, 200);
+    let rows: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT transaction_key, status, version FROM singapay.transactions ORDER BY transaction_key")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let expect = |k: &str, s: &str, v: i32| (k.to_owned(), s.to_owned(), v);
+    assert_eq!(
+        rows,
+        vec![
+            expect("qris:QR-PAID", "succeeded", 1),
+            expect("qris:QR-PENDING", "expired", 2),
+            expect("va:VA-SWEPT", "expired", 1),
+        ]
+    );
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM singapay.deliveries WHERE id = $1")
+        .bind(r.delivery_id())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "batch");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.transaction_events WHERE delivery_id = $1")
+        .bind(r.delivery_id())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(queued, 2, "one queue row per applied change; none for the conflict");
+}
