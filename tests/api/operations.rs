@@ -247,17 +247,22 @@ struct MixedRun {
 async fn mixed_run() -> MixedRun {
     let (db_url, _db) = fresh_database().await;
     let secret = format!("cs_secret_{}", random_hex(12));
-    let (port, admin_port) = (free_port().unwrap(), free_port().unwrap());
-    let vars = env(&[
-        ("DATABASE_URL", &db_url),
-        ("SINGAPAY_WEBHOOK_SECRETS", &format!("primary={secret}")),
-        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-        ("ADMIN_LISTEN_ADDR", &format!("127.0.0.1:{admin_port}")),
-        ("LOG_FORMAT", "json"),
-        ("RUST_LOG", "trace"),
-    ]);
-    let mut server = process::serve(&["serve"], &vars, port);
-    server.wait_ready().await;
+    let (server, vars) = process::serve_ready(&["serve"], |port| {
+        env(&[
+            ("DATABASE_URL", &db_url),
+            ("SINGAPAY_WEBHOOK_SECRETS", &format!("primary={secret}")),
+            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+            ("ADMIN_LISTEN_ADDR", &format!("127.0.0.1:{}", free_port().unwrap())),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "trace"),
+        ])
+    })
+    .await;
+    let admin_port: u16 = vars
+        .iter()
+        .find(|(k, _)| k == "ADMIN_LISTEN_ADDR")
+        .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
+        .unwrap();
     let mut signatures = Vec::new();
     let mut tokens = Vec::new();
     let mut send = |body: String, ts: i64, with_secret: String| {
@@ -353,16 +358,17 @@ async fn logs_never_contain_a_secret_signature_or_token() {
 async fn sigterm_with_200_callbacks_in_flight_loses_nothing() {
     let (db_url, db) = fresh_database().await;
     let secret = format!("cs_{}", random_hex(8));
-    let port = free_port().unwrap();
-    let vars = env(&[
-        ("DATABASE_URL", &db_url),
-        ("SINGAPAY_WEBHOOK_SECRETS", &secret),
-        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-        ("DB_MAX_CONNECTIONS", "60"),
-        ("LOG_FORMAT", "text"),
-    ]);
-    let mut server = process::serve(&["serve"], &vars, port);
-    server.wait_ready().await;
+    let (mut server, vars) = process::serve_ready(&["serve"], |port| {
+        env(&[
+            ("DATABASE_URL", &db_url),
+            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+            ("DB_MAX_CONNECTIONS", "60"),
+            ("LOG_FORMAT", "text"),
+        ])
+    })
+    .await;
+    let port = server.port;
     let body = |n: usize| {
         format!(
             r#"{{"response_code":"SP000","event":"disbursement","data":{{"transaction_id":"424242","transaction_status":{{"code":"03"}},"notes":"{n}"}}}}"#
@@ -495,15 +501,15 @@ async fn migrate_serve_migrate_and_prune_work_as_commands() {
     // serve --migrate on an empty database takes a callback.
     let (url, db) = crate::helpers::empty_database().await;
     let secret = format!("cs_{}", random_hex(8));
-    let port = free_port().unwrap();
-    let vars = env(&[
-        ("DATABASE_URL", &url),
-        ("SINGAPAY_WEBHOOK_SECRETS", &secret),
-        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-        ("LOG_FORMAT", "text"),
-    ]);
-    let mut server = process::serve(&["serve", "--migrate"], &vars, port);
-    server.wait_ready().await;
+    let (mut server, _) = process::serve_ready(&["serve", "--migrate"], |port| {
+        env(&[
+            ("DATABASE_URL", &url),
+            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+            ("LOG_FORMAT", "text"),
+        ])
+    })
+    .await;
     assert_eq!(post(&server, &secret, &payload("disbursement"), now()).await, 200);
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(30)).await.success());
@@ -540,16 +546,16 @@ async fn migrate_serve_migrate_and_prune_work_as_commands() {
 async fn sigint_with_a_stuck_callback_gives_up_after_the_shutdown_timeout() {
     let (db_url, db) = fresh_database().await;
     let secret = format!("cs_{}", random_hex(8));
-    let port = free_port().unwrap();
-    let vars = env(&[
-        ("DATABASE_URL", &db_url),
-        ("SINGAPAY_WEBHOOK_SECRETS", &secret),
-        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-        ("SHUTDOWN_TIMEOUT_SECS", "1"),
-        ("LOG_FORMAT", "text"),
-    ]);
-    let mut server = process::serve(&["serve"], &vars, port);
-    server.wait_ready().await;
+    let (mut server, _) = process::serve_ready(&["serve"], |port| {
+        env(&[
+            ("DATABASE_URL", &db_url),
+            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+            ("SHUTDOWN_TIMEOUT_SECS", "1"),
+            ("LOG_FORMAT", "text"),
+        ])
+    })
+    .await;
     let body = |code: &str| {
         format!(
             r#"{{"response_code":"SP000","event":"disbursement","data":{{"transaction_id":"3131","transaction_status":{{"code":"{code}"}}}}}}"#
@@ -621,15 +627,15 @@ async fn secrets_from_files_and_a_dot_env_configure_serve() {
     let secret = format!("cs_{}", random_hex(8));
     std::fs::write(dir.path().join("db_url"), format!("{db_url}\n")).unwrap();
     std::fs::write(dir.path().join("secrets"), format!("files={secret}\n")).unwrap();
-    let port = free_port().unwrap();
-    let vars = env(&[
-        ("DATABASE_URL_FILE", dir.path().join("db_url").to_str().unwrap()),
-        ("SINGAPAY_WEBHOOK_SECRETS_FILE", dir.path().join("secrets").to_str().unwrap()),
-        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-        ("LOG_FORMAT", "json"),
-    ]);
-    let mut server = process::serve(&["serve"], &vars, port);
-    server.wait_ready().await;
+    let (mut server, _) = process::serve_ready(&["serve"], |port| {
+        env(&[
+            ("DATABASE_URL_FILE", dir.path().join("db_url").to_str().unwrap()),
+            ("SINGAPAY_WEBHOOK_SECRETS_FILE", dir.path().join("secrets").to_str().unwrap()),
+            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+            ("LOG_FORMAT", "json"),
+        ])
+    })
+    .await;
     assert_eq!(post(&server, &secret, &payload("va-transaction"), now()).await, 200);
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(30)).await.success());

@@ -45,14 +45,21 @@ impl Server {
     }
 
     pub async fn wait_ready(&mut self) {
+        if let Err(logs) = self.try_wait_ready().await {
+            panic!("server exited early: {logs}");
+        }
+    }
+
+    /// Waits until `/readyz` answers 200; `Err(logs)` when the process exits first.
+    pub async fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("server exited early ({status}): {:#?}", self.logs.lock().unwrap());
+                return Err(format!("({status}) {}", self.log_text()));
             }
             if let Ok(r) = reqwest::get(self.url("/readyz")).await {
                 if r.status() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(Instant::now() < deadline, "not ready: {:#?}", self.logs.lock().unwrap());
@@ -79,6 +86,28 @@ impl Server {
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
+}
+
+/// Runs the binary on a free port and waits until it is ready. A port is chosen before the
+/// process starts, so another process may take it first: then the binary refuses to start
+/// ("cannot bind") and this tries again with other ports. `vars` builds the environment for
+/// a port (and may pick more ports itself, e.g. for ADMIN_LISTEN_ADDR).
+pub async fn serve_ready(
+    args: &[&str],
+    vars: impl Fn(u16) -> Vec<(String, String)>,
+) -> (Server, Vec<(String, String)>) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let port = singapay_webhooks::embedded_pg::free_port().unwrap();
+        let env = vars(port);
+        let mut server = serve(args, &env, port);
+        match server.try_wait_ready().await {
+            Ok(()) => return (server, env),
+            Err(logs) if logs.contains("cannot bind") => last = logs,
+            Err(logs) => panic!("server exited early: {logs}"),
+        }
+    }
+    panic!("no free port in 5 tries: {last}");
 }
 
 impl Drop for Server {
