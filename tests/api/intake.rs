@@ -631,3 +631,57 @@ async fn a_sweep_expires_what_is_pending_and_never_a_payment_that_succeeded() {
         .unwrap();
     assert_eq!(queued, 2, "one queue row per applied change; none for the conflict");
 }
+
+/// The sub-variants end to end (DESIGN §4): payment-link inquiries and their `.expired`
+/// event on the paid link's key, subscription plan status changes, direct-debit binding
+/// and unbinding, each keeping its own lower-cased status.
+#[tokio::test]
+async fn sub_variants_reach_their_transactions() {
+    let app = TestApp::spawn().await;
+    let state = |key: &'static str| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_as::<_, (String, i32, String)>(
+                "SELECT t.status, t.version, d.webhook_type FROM singapay.transactions t
+                   JOIN singapay.deliveries d ON d.id = t.last_delivery_id WHERE t.transaction_key = $1",
+            )
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let inquiry = payload("payment-link-inquiry");
+    assert_eq!(app.send(&inquiry).await.status, 200);
+    let key = "payment_link:31245417720260315190255812QwErTy";
+    assert_eq!(state(key).await, ("pending".into(), 1, "payment-link-inquiry".into()));
+    let expired = inquiry.replace(r#""event": "payment_link.inquiry""#, r#""event": "payment_link.inquiry.expired""#);
+    assert_eq!(app.send(&expired).await.status, 200);
+    assert_eq!(state(key).await, ("expired".into(), 2, "payment-link-inquiry".into()));
+
+    let plan = |status: &str, at: &str| {
+        payload("subscription-cycle")
+            .replace("subscription.cycle.payment_failed", "subscription.plan.status_changed")
+            .replace(r#""status": "active""#, &format!(r#""status": "{status}""#))
+            .replace("01 Apr 2026 00:05:12", at)
+    };
+    let key = "subscription_plan:01KC8W3N5R7T9V1X3Z5B7D9F1H";
+    assert_eq!(app.send(&plan("SUSPENDED", "01 Apr 2026 00:00:00")).await.status, 200);
+    assert_eq!(state(key).await, ("suspended".into(), 1, "subscription-cycle".into()));
+    assert_eq!(app.send(&plan("ACTIVE", "02 Apr 2026 00:00:00")).await.status, 200);
+    assert_eq!(state(key).await, ("active".into(), 2, "subscription-cycle".into()));
+    assert_eq!(app.send(&plan("CANCELLED", "03 Apr 2026 00:00:00")).await.status, 200);
+    assert_eq!(state(key).await, ("cancelled".into(), 3, "subscription-cycle".into()));
+
+    let binding = |event: &str, status: &str| {
+        payload("direct-debit")
+            .replace(r#""event": "direct-debit-binding""#, &format!(r#""event": "{event}""#))
+            .replace(r#""status": "ACTIVE""#, &format!(r#""status": "{status}""#))
+    };
+    let key = "direct_debit:6f1d2c3b-8a4e-4f7a-9b21-3c5d7e9f0a12";
+    assert_eq!(app.send(&binding("direct-debit-binding", "PENDING_AUTH")).await.status, 200);
+    assert_eq!(app.send(&binding("direct-debit-binding", "ACTIVE")).await.status, 200);
+    assert_eq!(state(key).await, ("active".into(), 2, "direct-debit".into()));
+    assert_eq!(app.send(&binding("direct_debit_unbinding", "UNBOUND")).await.status, 200);
+    assert_eq!(state(key).await, ("unbound".into(), 3, "direct-debit".into()));
+}
