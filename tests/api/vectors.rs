@@ -19,6 +19,32 @@ fn canonicaliser_reproduces_php_byte_for_byte() {
     assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), vectors.len(), failures.join("\n"));
 }
 
+/// The `sorted` form against an oracle outside the crate: Python's JSON parser keeping
+/// number literals as written (`tools/mksorted.py` → `tests/fixtures/sorted_vectors.json`).
+#[test]
+fn the_sorted_form_matches_an_independent_oracle() {
+    #[derive(serde::Deserialize)]
+    struct File {
+        vectors: Vec<SortedVector>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SortedVector {
+        body: String,
+        sorted: String,
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sorted_vectors.json");
+    let file: File = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(file.vectors.len() > 200);
+    let mut wrong = Vec::new();
+    for v in &file.vectors {
+        let ours = Body::analyse(v.body.as_bytes()).sorted().map(str::to_owned);
+        if ours.as_deref() != Some(v.sorted.as_str()) {
+            wrong.push(format!("body {:?}\n  expected {:?}\n  got      {:?}", v.body, v.sorted, ours));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} differ:\n{}", wrong.len(), file.vectors.len(), wrong.join("\n"));
+}
+
 #[test]
 fn every_vector_verifies_in_the_form_it_was_signed() {
     for v in load_vectors() {
