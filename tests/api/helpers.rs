@@ -103,10 +103,14 @@ fn with_database(url: &str, db: &str) -> String {
     u.to_string()
 }
 
+/// Every test database's name starts with this; `scripts/test` drops what is left of them
+/// on a server named by `DATABASE_URL` when the run ends, whatever the tests did.
+pub const TEST_DATABASE_PREFIX: &str = "singapay_test_";
+
 /// A new database on the shared server with nothing in it (no migrations).
 pub async fn empty_database() -> (String, PgPool) {
     let server = server_url();
-    let name = format!("test_{}", random_hex(8));
+    let name = format!("{TEST_DATABASE_PREFIX}{}", random_hex(8));
     let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to test server");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
     admin.close().await.ok();
@@ -118,7 +122,7 @@ pub async fn empty_database() -> (String, PgPool) {
 /// A new, migrated database on the shared server.
 pub async fn fresh_database() -> (String, PgPool) {
     let server = server_url();
-    let name = format!("test_{}", random_hex(8));
+    let name = format!("{TEST_DATABASE_PREFIX}{}", random_hex(8));
     let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to test server");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
     admin.close().await.ok();
