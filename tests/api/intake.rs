@@ -685,3 +685,39 @@ async fn sub_variants_reach_their_transactions() {
     assert_eq!(app.send(&binding("direct_debit_unbinding", "UNBOUND")).await.status, 200);
     assert_eq!(state(key).await, ("unbound".into(), 3, "direct-debit".into()));
 }
+
+/// Pinned: a VA payment is keyed by `transaction_id` (DESIGN §4), a VA item of an
+/// expiration sweep by its `reff_no` (FACTS: the items' fields beyond `id` are unpinned), so
+/// the two meet on one key only when Singapay uses the same value for both. A sweep naming
+/// a paid VA's `reff_no` therefore does not touch the payment (README, "Classification").
+#[tokio::test]
+async fn a_va_payment_and_a_va_sweep_item_meet_only_on_the_same_identifier() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.send(&payload("va-transaction")).await.status, 200);
+    let sweep = |reff: &str| {
+        serde_json::json!({
+            "status": 200, "success": true, "event": "transaction-expiration",
+            "data": {
+                "payment_link_histories": [], "qris_histories": [],
+                "virtual_account_transactions": [{ "id": 5, "reff_no": reff, "status": "expired" }]
+            }
+        })
+        .to_string()
+    };
+    // By the payment's merchant reference: a transaction of its own.
+    assert_eq!(app.send(&sweep("ORD-77310-A")).await.status, 200);
+    // By the payment's transaction_id: the same transaction, and a paid VA stays paid.
+    assert_eq!(app.send(&sweep("3211120260314091205518")).await.status, 200);
+    let rows: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT transaction_key, status, version FROM singapay.transactions ORDER BY transaction_key")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("va:3211120260314091205518".to_owned(), "succeeded".to_owned(), 1),
+            ("va:ORD-77310-A".to_owned(), "expired".to_owned(), 1),
+        ]
+    );
+}
