@@ -28,14 +28,14 @@ async fn send_delivers_every_type_with_the_chosen_values() {
     // A real `serve` process, as deployed.
     let (db_url, db) = fresh_database().await;
     let secret = format!("cs_{}", random_hex(10));
-    let port = singapay_webhooks::embedded_pg::free_port().unwrap();
-    let vars = env(&[
-        ("DATABASE_URL", &db_url),
-        ("SINGAPAY_WEBHOOK_SECRETS", &format!("primary={secret}")),
-        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-    ]);
-    let mut server = crate::process::serve(&["serve"], &vars, port);
-    server.wait_ready().await;
+    let (mut server, _) = crate::process::serve_ready(&["serve"], |port| {
+        env(&[
+            ("DATABASE_URL", &db_url),
+            ("SINGAPAY_WEBHOOK_SECRETS", &format!("primary={secret}")),
+            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ])
+    })
+    .await;
     let url = server.url(DEFAULT_PATH);
     let cases: [SendCase; 13] = [
         ("va-transaction", "paid", None, Some("succeeded"), None, "va"),
