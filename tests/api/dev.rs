@@ -10,13 +10,26 @@ use singapay_webhooks::embedded_pg::free_port;
 
 pub struct Dev {
     pub child: Child,
+    /// The port it listens on, chosen by `start_dev`.
+    pub port: u16,
     /// Where dev's stderr (its logs) goes, shown when something fails.
     pub log: std::path::PathBuf,
     pub secret: String,
     pub psql_url: String,
 }
 
-pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
+/// Starts `dev` on a free port. The port is chosen before dev starts, so another process
+/// may take it first: dev then refuses to start ("cannot bind") and another port is tried.
+pub fn start_dev(data_dir: &std::path::Path) -> Dev {
+    for _ in 0..5 {
+        if let Some(dev) = try_start_dev(data_dir, free_port().unwrap()) {
+            return dev;
+        }
+    }
+    panic!("dev found no free port in 5 tries");
+}
+
+fn try_start_dev(data_dir: &std::path::Path, port: u16) -> Option<Dev> {
     let log = data_dir.with_file_name(format!("dev-{port}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_singapay-webhooks"))
         .arg("dev")
@@ -41,9 +54,19 @@ pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
     let (mut secret, mut psql_url) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(120);
     while secret.is_none() || psql_url.is_none() {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("dev prints its secret and psql line");
+        let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            Err(e) => {
+                // Its stdout closed (it exited) or it printed nothing in time.
+                let _ = child.kill();
+                let _ = child.wait();
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("cannot bind") {
+                    return None;
+                }
+                panic!("dev did not print its secret and psql line ({e}): {text}");
+            }
+        };
         if let Some(rest) = line.trim().strip_prefix("secret   : SINGAPAY_WEBHOOK_SECRETS=dev=") {
             secret = Some(rest.trim().to_owned());
         }
@@ -51,7 +74,7 @@ pub fn start_dev(data_dir: &std::path::Path, port: u16) -> Dev {
             psql_url = Some(rest.trim().to_owned());
         }
     }
-    Dev { child, log, secret: secret.unwrap(), psql_url: psql_url.unwrap() }
+    Some(Dev { child, port, log, secret: secret.unwrap(), psql_url: psql_url.unwrap() })
 }
 
 pub fn stop_dev(mut dev: Dev) {
@@ -97,9 +120,8 @@ async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data_dir = dir.path().join(".data");
-    let port = free_port().unwrap();
-
-    let dev = start_dev(&data_dir, port);
+    let dev = start_dev(&data_dir);
+    let port = dev.port;
     let status = post_signed(port, &dev.secret, &payload("va-transaction")).await;
     assert_eq!(status, 200);
     let rows = psql(&dev.psql_url, "SELECT webhook_type, transaction_key, status FROM singapay.deliveries");
@@ -109,8 +131,8 @@ async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
 
     // Restarted (on a fresh port: another test may have been handed the old one): same
     // secret, same data.
-    let port = free_port().unwrap();
-    let dev = start_dev(&data_dir, port);
+    let dev = start_dev(&data_dir);
+    let port = dev.port;
     assert_eq!((dev.secret.as_str(), dev.psql_url.as_str()), (secret.as_str(), url.as_str()));
     assert_eq!(post_signed(port, &dev.secret, &payload("disbursement")).await, 200);
     let n = psql(&dev.psql_url, "SELECT count(*) FROM singapay.deliveries");

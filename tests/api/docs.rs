@@ -6,7 +6,6 @@
 use std::process::Command;
 
 use crate::dev::{start_dev, stop_dev};
-use singapay_webhooks::embedded_pg::free_port;
 
 /// (commands, claimed output) for every ```sh walkthrough block.
 fn walkthrough(doc: &str) -> Vec<(String, String)> {
@@ -80,8 +79,8 @@ async fn run_walkthrough(doc_name: &str) {
     let dir = tempfile::Builder::new().prefix("singapay-walk-").tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = free_port().unwrap();
-    let dev = start_dev(&dir.path().join(".data"), port);
+    let dev = start_dev(&dir.path().join(".data"));
+    let port = dev.port;
 
     const MARK: &str = "@@@ end of block @@@";
     let script: String = blocks.iter().map(|(cmds, _)| format!("{cmds}\necho '{MARK}'\n")).collect();

@@ -90,28 +90,35 @@ async fn the_container_runs_serve_with_the_compose_environment() {
     let (db_url, _db) = fresh_database().await;
     let secret = format!("cs_{}", random_hex(8));
     let supplied = HashMap::from([("SINGAPAY_WEBHOOK_SECRETS", secret.as_str())]);
-    let (port, admin_port) = (free_port().unwrap(), free_port().unwrap());
-    let mut vars: Vec<(String, String)> = Vec::new();
-    // The image's own ENV lines come first; compose's environment overrides them.
-    vars.push(("LISTEN_ADDR".into(), "0.0.0.0:8080".into()));
-    let Yaml::Hash(environment) = &app["environment"] else { panic!("environment is a map") };
-    for (k, v) in environment {
-        let (k, v) = (k.as_str().unwrap(), resolve(v.as_str().unwrap(), &supplied));
-        let v = match k {
-            "DATABASE_URL" => {
-                assert!(v.starts_with("postgres://singapay:singapay@postgres:5432/singapay"), "{v}");
-                db_url.clone()
-            }
-            "LISTEN_ADDR" => v.replace(":8080", &format!(":{port}")),
-            "ADMIN_LISTEN_ADDR" => v.replace(":9090", &format!(":{admin_port}")),
-            _ => v,
-        };
-        vars.retain(|(name, _)| name != k);
-        vars.push((k.to_owned(), v));
-    }
     let args: Vec<&str> = command.iter().map(String::as_str).collect();
-    let mut server = process::serve(&args, &vars, port);
-    server.wait_ready().await;
+    let (mut server, vars) = process::serve_ready(&args, |port| {
+        let admin_port = free_port().unwrap();
+        let mut vars: Vec<(String, String)> = Vec::new();
+        // The image's own ENV lines come first; compose's environment overrides them.
+        vars.push(("LISTEN_ADDR".into(), "0.0.0.0:8080".into()));
+        let Yaml::Hash(environment) = &app["environment"] else { panic!("environment is a map") };
+        for (k, v) in environment {
+            let (k, v) = (k.as_str().unwrap(), resolve(v.as_str().unwrap(), &supplied));
+            let v = match k {
+                "DATABASE_URL" => {
+                    assert!(v.starts_with("postgres://singapay:singapay@postgres:5432/singapay"), "{v}");
+                    db_url.clone()
+                }
+                "LISTEN_ADDR" => v.replace(":8080", &format!(":{port}")),
+                "ADMIN_LISTEN_ADDR" => v.replace(":9090", &format!(":{admin_port}")),
+                _ => v,
+            };
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_owned(), v));
+        }
+        vars
+    })
+    .await;
+    let admin_port: u16 = vars
+        .iter()
+        .find(|(k, _)| k == "ADMIN_LISTEN_ADDR")
+        .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
+        .expect("compose sets ADMIN_LISTEN_ADDR");
 
     // The HEALTHCHECK command, with the same environment.
     let health = process::spawn(&["healthcheck"], &vars);
@@ -644,7 +651,7 @@ async fn secrets_from_files_and_a_dot_env_configure_serve() {
     assert_eq!(credential, "files", "the label from the secrets file");
 
     // A .env in the working directory; LISTEN_ADDR from the real environment wins over it.
-    let (env_port, real_port) = (free_port().unwrap(), free_port().unwrap());
+    let env_port = free_port().unwrap();
     std::fs::write(
         dir.path().join(".env"),
         format!(
@@ -652,26 +659,36 @@ async fn secrets_from_files_and_a_dot_env_configure_serve() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(process::BIN)
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LISTEN_ADDR", format!("127.0.0.1:{real_port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-    let (stderr, sink) = (child.stderr.take().unwrap(), logs.clone());
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
+    let mut tries = 0;
+    let mut server = loop {
+        // Another process may take the chosen port before serve binds it: choose again.
+        tries += 1;
+        let real_port = free_port().unwrap();
+        let mut child = Command::new(process::BIN)
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN_ADDR", format!("127.0.0.1:{real_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let (stderr, sink) = (child.stderr.take().unwrap(), logs.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Server { child, logs, port: real_port };
+        match server.try_wait_ready().await {
+            Ok(()) => break server,
+            Err(logs) if logs.contains("cannot bind") && tries < 5 => continue,
+            Err(logs) => panic!("serve with a .env did not start: {logs}"),
         }
-    });
-    let mut server = Server { child, logs, port: real_port };
-    server.wait_ready().await;
+    };
     let body = payload("va-transaction").replace("3211120260314091205518", "DOTENV-1");
     assert_eq!(post(&server, &secret, &body, now()).await, 200);
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", env_port)).await.is_err(), "the .env's LISTEN_ADDR lost");
