@@ -115,19 +115,13 @@ pub async fn empty_database() -> (String, PgPool) {
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
     admin.close().await.ok();
     let url = with_database(&server, &name);
-    let pool = PgPoolOptions::new().max_connections(2).connect(&url).await.expect("connect to test database");
+    let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.expect("connect to test database");
     (url, pool)
 }
 
 /// A new, migrated database on the shared server.
 pub async fn fresh_database() -> (String, PgPool) {
-    let server = server_url();
-    let name = format!("{TEST_DATABASE_PREFIX}{}", random_hex(8));
-    let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to test server");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
-    admin.close().await.ok();
-    let url = with_database(&server, &name);
-    let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.expect("connect to test database");
+    let (url, pool) = empty_database().await;
     store::MIGRATOR.run(&pool).await.expect("migrate");
     (url, pool)
 }
