@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
 use crate::singapay::status::{self, Transition};
 use crate::singapay::webhook::Change;
@@ -30,7 +29,7 @@ pub enum DeliveryRef {
 }
 
 /// A `singapay.transactions` row as the batch sees it.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct TransactionRow {
     pub transaction_key: String,
     pub product: String,

@@ -12,7 +12,7 @@ use singapay_webhooks::singapay::signature::BodyForm;
 use singapay_webhooks::singapay::{webhook, Body};
 use singapay_webhooks::store::{Delivery, Outcome, Signed, StoreError, Write, Written};
 
-use crate::helpers::{fresh_database, now, payload, sign_php, TestApp, DEFAULT_PATH};
+use crate::helpers::{fresh_database, metric, now, payload, sign_php, TestApp, DEFAULT_PATH};
 
 /// A verified delivery of `body`, as the HTTP pipeline would hand it to intake.
 fn deliver(body: &str, partner: &str) -> Write {
@@ -215,10 +215,6 @@ async fn a_poisonous_item_is_refused_alone_and_every_other_item_in_its_batch_is_
     .unwrap();
     let expected: Vec<String> = (0..20).filter(|&i| i != 13).map(|i| format!("disbursement:88{i:029}")).collect();
     assert_eq!(keys, expected, "each other item has its delivery, transaction and queue row");
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
 /// POSTs a signed disbursement callback for transaction `99…i` as `partner`.

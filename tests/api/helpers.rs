@@ -374,3 +374,19 @@ pub async fn seed_events(db: &PgPool, transactions: i32, versions: i32) {
     .await
     .unwrap();
 }
+
+/// Backends of the current database waiting for a lock (a callback held up by a test's
+/// lock shows here).
+pub async fn lock_waiters(db: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// The value of an unlabelled series in Prometheus text (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}

@@ -9,7 +9,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use singapay_webhooks::embedded_pg::free_port;
 
-use crate::helpers::{fresh_database, now, payload, random_hex, sign_php};
+use crate::helpers::{fresh_database, lock_waiters, metric, now, payload, random_hex, sign_php};
 use crate::process::{self, env, Server};
 
 fn repo_file(name: &str) -> String {
@@ -419,16 +419,8 @@ async fn sigterm_with_200_callbacks_in_flight_loses_nothing() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
-        let value = |name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
-        };
-        let inside = value("singapay_intake_batch_size_sum") + value("singapay_intake_queued");
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let inside = metric(&text, "singapay_intake_batch_size_sum") + metric(&text, "singapay_intake_queued");
+        let waiting = lock_waiters(&db).await;
         if inside == 201.0 && waiting >= 1 {
             break;
         }
@@ -592,13 +584,7 @@ async fn sigint_with_a_stuck_callback_gives_up_after_the_shutdown_timeout() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        if waiting >= 1 {
+        if lock_waiters(&db).await >= 1 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the callback never reached the lock");
