@@ -213,7 +213,7 @@ async fn write_once(pool: &PgPool, writes: &[Write]) -> Result<Vec<Written>, Bat
         sqlx::Connection::clear_cached_statements(&mut *conn).await?;
     }
     let result = async {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, store::BEGIN_BATCH).await?;
         let written = store::write(&mut tx, writes).await?;
         tx.commit().await?;
         Ok(written)

@@ -92,6 +92,13 @@ enum Fate {
 /// was empty would otherwise scan it whole until the next `ANALYZE`).
 pub const REPREPARE_EVERY: u64 = 256;
 
+/// How a batch's transaction starts: with generic plans for its statements. Left to choose,
+/// Postgres plans the statements that take `= ANY($1)` anew on every call (their generic
+/// plan's estimate assumes ten elements), which costs more than the rest of a one-callback
+/// batch (measured: idle latency). The generic plans are index scans; [`REPREPARE_EVERY`]
+/// keeps them from being ones chosen while a table was empty.
+pub const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+
 /// Writes `items` inside the caller's transaction; one answer per item, in order.
 pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Written>, BatchError> {
     let (locked, known) = read(conn, items).await?;
@@ -269,10 +276,8 @@ struct OptionalRow {
 type Known = HashMap<[u8; 32], (i64, Outcome)>;
 
 /// In one statement: locks every transaction the batch may change, in key order (writers
-/// never deadlock), and finds the contents already stored. A prepared statement: the plan
-/// Postgres caches for it while the tables are small is a sequential scan, so intake
-/// re-prepares its statements now and then ([`REPREPARE_EVERY`]) instead of planning this
-/// one on every call, which costs a round trip (measured: idle latency).
+/// never deadlock), and finds the contents already stored. A prepared statement with a
+/// generic plan ([`BEGIN_BATCH`]), re-prepared now and then ([`REPREPARE_EVERY`]).
 ///
 /// The look-up sees the statement's snapshot, taken before any lock wait: content that a
 /// writer we waited for has just committed is not seen, its insert comes back short, and

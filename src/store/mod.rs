@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-pub use batch::{write, BatchError, Write, Written, REPREPARE_EVERY};
+pub use batch::{write, BatchError, Write, Written, BEGIN_BATCH, REPREPARE_EVERY};
 pub use deliveries::{Delivery, Outcome, Rejection, Signed, Stored};
 pub use events::{event_id, EVENT_NAMESPACE_NAME};
 pub use prune::{prune, PruneReport};
