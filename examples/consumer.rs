@@ -1,5 +1,5 @@
 //! A complete queue consumer: LISTEN for wake-ups (polling as a fallback), claim a batch,
-//! handle each event idempotently, ack.
+//! handle each event idempotently, acknowledge the batch in one call.
 //!
 //! Kill it at any moment and start it again: events it had claimed but not acked come
 //! back after their lease, and the handler's own record of handled `event_id`s makes the
@@ -99,25 +99,28 @@ async fn main() -> Result<()> {
     }
     while !stopping.load(Ordering::SeqCst) {
         let events = queue::claim(&pool, &name, batch, lease).await?;
+        let mut handled = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
             if stopping.load(Ordering::SeqCst) {
                 // Hand back what we claimed but did not start, instead of waiting out the lease.
-                for ev in &events[i..] {
-                    queue::nack(&pool, ev.id, &name, "consumer shutting down", Duration::ZERO).await?;
-                }
+                let rest: Vec<i64> = events[i..].iter().map(|e| e.id).collect();
+                queue::nack_many(&pool, &rest, &name, "consumer shutting down", Duration::ZERO).await?;
                 break;
             }
             match handle(&pool, ev, delay).await {
-                // False means our lease ran out and the event is someone else's now; since
-                // handling is idempotent, their run will be a no-op for it.
-                Ok(()) => {
-                    if !queue::ack(&pool, ev.id, &name).await? {
-                        eprintln!("lease on event {} was lost before the ack", ev.id);
-                    }
-                }
+                Ok(()) => handled.push(ev.id),
                 Err(e) => {
                     queue::nack(&pool, ev.id, &name, &format!("{e:#}"), Duration::from_secs(5)).await?;
                 }
+            }
+        }
+        // One acknowledgement for the batch. An id missing from the answer had lost its
+        // lease and is someone else's now; since handling is idempotent, their run will be
+        // a no-op for it.
+        if !handled.is_empty() {
+            let acked = queue::ack_many(&pool, &handled, &name).await?;
+            for id in handled.iter().filter(|id| !acked.contains(id)) {
+                eprintln!("lease on event {id} was lost before the ack");
             }
         }
         if events.is_empty() {

@@ -1,5 +1,5 @@
-//! A Rust client for the SQL consumer API (`singapay.claim_events`, `ack_event`,
-//! `nack_event`) and a waiter that wakes on `NOTIFY` and falls back to polling. Consumers
+//! A Rust client for the SQL consumer API (`singapay.claim_events`, `ack_events`,
+//! `nack_events` and their one-event forms) and a waiter that wakes on `NOTIFY` and falls back to polling. Consumers
 //! in other languages call the same SQL functions; see docs/consuming.md.
 
 use std::time::Duration;
@@ -55,6 +55,30 @@ pub async fn claim(
 /// False when the lease was lost (expired, or the event was handed to someone else).
 pub async fn ack(pool: &PgPool, id: i64, consumer: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT singapay.ack_event($1, $2)").bind(id).bind(consumer).fetch_one(pool).await
+}
+
+/// Acknowledges a batch in one statement; returns the ids acknowledged, in id order. An id
+/// missing from the answer had lost its lease (see [`ack`]).
+pub async fn ack_many(pool: &PgPool, ids: &[i64], consumer: &str) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT * FROM singapay.ack_events($1, $2)").bind(ids).bind(consumer).fetch_all(pool).await
+}
+
+/// Gives a batch back (see [`nack`]) in one statement; returns the ids given back, in id
+/// order.
+pub async fn nack_many(
+    pool: &PgPool,
+    ids: &[i64],
+    consumer: &str,
+    error: &str,
+    delay: Duration,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT * FROM singapay.nack_events($1, $2, $3, $4::interval)")
+        .bind(ids)
+        .bind(consumer)
+        .bind(error)
+        .bind(interval(delay))
+        .fetch_all(pool)
+        .await
 }
 
 /// Gives the event back: claimable again after `delay` doubled per earlier attempt, or

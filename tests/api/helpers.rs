@@ -126,6 +126,25 @@ pub async fn fresh_database() -> (String, PgPool) {
     (url, pool)
 }
 
+/// A new database on the shared server with only the migrations older than `version`
+/// applied: the schema a deployment had before it (migration tests then run the rest).
+pub async fn database_before_migration(version: i64) -> (String, PgPool) {
+    let (url, pool) = empty_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut copied = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        let v: i64 = name.split('_').next().unwrap().parse().unwrap();
+        if v < version {
+            std::fs::copy(entry.path(), dir.path().join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert!(copied > 0 && store::MIGRATOR.iter().any(|m| m.version == version), "{version} is a migration");
+    sqlx::migrate::Migrator::new(dir.path()).await.unwrap().run(&pool).await.expect("migrate to the old schema");
+    (url, pool)
+}
+
 pub fn default_settings(secret: &str) -> Settings {
     Settings {
         credentials: vec![credential("primary", secret)],

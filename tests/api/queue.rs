@@ -342,3 +342,192 @@ async fn history_and_inquiry_views_answer_what_happened() {
         sqlx::query_scalar("SELECT count(*) FROM singapay.recent_rejections").fetch_one(&app.db).await.unwrap();
     assert_eq!(n, 1);
 }
+
+/// Buffers one `claim_events(consumer, 10, …)` touches, as Postgres counts them (the
+/// function's own statements included), on `conn`. The claimed events are acknowledged.
+async fn claim_buffers(conn: &mut sqlx::PgConnection, consumer: &str) -> i64 {
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) SELECT * FROM singapay.claim_events('{consumer}', 10, '1 minute')"
+    ))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let line = plan.iter().find(|l| l.trim_start().starts_with("Buffers:")).expect("EXPLAIN reports buffers");
+    let buffers: i64 = line
+        .split_whitespace()
+        .filter_map(|w| {
+            w.split_once('=').and_then(|(k, v)| ["hit", "read"].contains(&k).then(|| v.parse::<i64>().ok())?)
+        })
+        .sum();
+    let acked: Vec<i64> = sqlx::query_scalar(
+        "SELECT * FROM singapay.ack_events(
+            ARRAY(SELECT id FROM singapay.transaction_events WHERE state = 'running' AND locked_by = $1), $1)",
+    )
+    .bind(consumer)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(acked.len(), 10, "each claim hands out 10 events");
+    buffers
+}
+
+/// The cost of a claim, after its plan has settled (PL/pgSQL plans generically from the
+/// sixth call on), on a queue of 300 available events with `finished` finished events
+/// stored before them (lower ids, older).
+async fn steady_claim_buffers(finished: i32) -> i64 {
+    let (_url, db) = fresh_database().await;
+    if finished > 0 {
+        seed_events(&db, finished / 10, 10).await;
+        sqlx::query("UPDATE singapay.transaction_events SET state = 'done', attempts = 1, finished_at = now()")
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "WITH d AS (
+            INSERT INTO singapay.deliveries
+                (content_sha256, webhook_type, outcome, credential, signature_form, signed_at,
+                 request_path, x_signature, access_token, body)
+            VALUES (sha256('claimable'), 'disbursement', 'batch', 'seed', 'raw', now(), '/seed', '', '', '')
+            RETURNING id)
+         INSERT INTO singapay.transactions (transaction_key, product, status, version, last_delivery_id)
+         SELECT 'disbursement:claimable-' || g, 'disbursement', 'pending', 1, d.id FROM generate_series(1, 300) g, d",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO singapay.transaction_events (event_id, transaction_key, version, webhook_type, to_status, payload)
+         SELECT gen_random_uuid(), 'disbursement:claimable-' || g, 1, 'disbursement', 'pending', '{}'
+           FROM generate_series(1, 300) g ORDER BY g",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    // As autovacuum would have by then: statistics and a clean table.
+    sqlx::query("VACUUM ANALYZE singapay.transaction_events").execute(&db).await.unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    let mut costs = Vec::new();
+    for _ in 0..10 {
+        costs.push(claim_buffers(&mut conn, "meter").await);
+    }
+    costs[6..].iter().copied().max().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claiming_does_not_step_over_finished_events() {
+    let empty = steady_claim_buffers(0).await;
+    let big = steady_claim_buffers(100_000).await;
+    // Stepping over 100,000 finished events reads thousands of pages (3,207 against 216
+    // when claim_events ordered by id alone); walking an index that holds only claimable
+    // rows reads a few hundred either way. What does grow is a level in each index that the
+    // claim's updates insert into.
+    assert!(big < 2 * empty, "a claim touched {big} buffers with 100,000 finished events, {empty} without");
+}
+
+#[tokio::test]
+async fn ack_events_acknowledges_a_batch_and_is_fenced_per_event() {
+    let (_url, db) = fresh_database().await;
+    seed_events(&db, 6, 1).await;
+    let mine = queue::claim(&db, "me", 4, Duration::from_secs(60)).await.unwrap();
+    let theirs = queue::claim(&db, "them", 2, Duration::from_secs(60)).await.unwrap();
+    assert_eq!((mine.len(), theirs.len()), (4, 2));
+    // One of mine has lost its lease.
+    sqlx::query("UPDATE singapay.transaction_events SET locked_until = now() - interval '1 second' WHERE id = $1")
+        .bind(mine[3].id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut asked: Vec<i64> = mine.iter().chain(&theirs).map(|e| e.id).collect();
+    asked.push(i64::MAX); // no such event
+    asked.reverse();
+    let acked = queue::ack_many(&db, &asked, "me").await.unwrap();
+    assert_eq!(acked, vec![mine[0].id, mine[1].id, mine[2].id], "only my live leases, in id order");
+    let rows: Vec<(i64, String, Option<chrono::DateTime<chrono::Utc>>)> =
+        sqlx::query_as("SELECT id, state, finished_at FROM singapay.transaction_events ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    for (id, state, finished_at) in rows {
+        let done = acked.contains(&id);
+        assert_eq!(state, if done { "done" } else { "running" }, "event {id}");
+        assert_eq!(finished_at.is_some(), done, "event {id}");
+    }
+    assert!(queue::ack_many(&db, &acked, "me").await.unwrap().is_empty(), "a second ack changes nothing");
+    assert!(queue::ack_many(&db, &[], "me").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn nack_events_gives_a_batch_back_with_backoff_and_dead_letters_the_last_attempt() {
+    let (_url, db) = fresh_database().await;
+    seed_events(&db, 3, 1).await;
+    sqlx::query(
+        "UPDATE singapay.transaction_events SET max_attempts = 1 WHERE transaction_key = 'disbursement:seed-3'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let claimed = queue::claim(&db, "worker", 3, Duration::from_secs(60)).await.unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    assert_eq!(queue::nack_many(&db, &ids, "intruder", "no", Duration::ZERO).await.unwrap(), Vec::<i64>::new());
+    let given_back = queue::nack_many(&db, &ids, "worker", "downstream down", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(given_back, ids);
+    let rows: Vec<(String, String, bool, String)> = sqlx::query_as(
+        "SELECT transaction_key, state, available_at > now() + interval '29 seconds', last_error
+           FROM singapay.transaction_events ORDER BY transaction_key",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(rows[0], ("disbursement:seed-1".into(), "available".into(), true, "downstream down".into()));
+    assert_eq!(rows[1], ("disbursement:seed-2".into(), "available".into(), true, "downstream down".into()));
+    assert_eq!(rows[2].1, "dead", "its only attempt is used up");
+    assert!(queue::claim(&db, "worker", 3, Duration::from_secs(60)).await.unwrap().is_empty(), "backing off");
+}
+
+/// The queue migration on a table that already holds events in every state, while another
+/// session has a claim and an insert open on it: it must not wait for them (no lock that
+/// blocks readers or writers), and every event keeps its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_migration_runs_on_a_populated_table_without_blocking_consumers() {
+    const MIGRATION: i64 = 20261123000001;
+    let (url, db) = crate::helpers::database_before_migration(MIGRATION).await;
+    seed_events(&db, 2_000, 5).await;
+    for sql in [
+        "UPDATE singapay.transaction_events SET state = 'done', finished_at = now(), attempts = 1 WHERE version <= 3",
+        "UPDATE singapay.transaction_events SET state = 'dead', finished_at = now(), attempts = 25
+          WHERE version = 4 AND transaction_key LIKE '%0'",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    let running = queue::claim(&db, "before", 50, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(running.len(), 50);
+    let before = states(&db).await;
+
+    // Another session is in the middle of a claim and an insert.
+    let mut busy = db.begin().await.unwrap();
+    let held: Vec<i64> = sqlx::query_scalar("SELECT id FROM singapay.claim_events('busy', 10, '10 minutes')")
+        .fetch_all(&mut *busy)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 10);
+
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let impatient = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.options([("lock_timeout", "2s")]))
+        .await
+        .unwrap();
+    singapay_webhooks::store::MIGRATOR.run(&impatient).await.expect("the migration does not wait for the open claim");
+    busy.commit().await.unwrap();
+
+    let after = states(&db).await;
+    assert_eq!(after["done"], before["done"]);
+    assert_eq!(after["dead"], before["dead"]);
+    assert_eq!(after["running"], before["running"] + 10);
+    let ids: Vec<i64> = running.iter().map(|e| e.id).collect();
+    assert_eq!(queue::ack_many(&db, &ids, "before").await.unwrap(), ids, "leases taken before it are still live");
+    let next = queue::claim(&db, "after", 100, Duration::from_secs(60)).await.unwrap();
+    assert!(!next.is_empty(), "claiming works after it");
+    assert!(next.iter().all(|e| e.version == 4 || e.version == 5));
+}
