@@ -50,6 +50,7 @@ pub const VARIABLES: &[&str] = &[
     "MAX_BODY_BYTES",
     "ALLOWED_SOURCE_CIDRS",
     "TRUSTED_PROXY_HOPS",
+    "TRUSTED_PROXY_CIDRS",
     "DB_MAX_CONNECTIONS",
     "INTAKE_WRITERS",
     "INTAKE_BATCH_MAX",
@@ -72,6 +73,9 @@ pub struct Settings {
     pub allowed_source_cidrs: Option<Vec<IpNet>>,
     /// How many proxies in front of us append to X-Forwarded-For (and are trusted to).
     pub trusted_proxy_hops: usize,
+    /// The proxies (load balancers) whose `X-Forwarded-For` is believed; from any other peer
+    /// the header is ignored.
+    pub trusted_proxy_cidrs: Option<Vec<IpNet>>,
     /// How long shutdown waits for in-flight callbacks.
     pub shutdown_timeout_secs: u64,
     pub webhook_path: String,
@@ -106,6 +110,7 @@ impl fmt::Debug for Settings {
             .field("admin_listen_addr", &self.admin_listen_addr)
             .field("allowed_source_cidrs", &self.allowed_source_cidrs)
             .field("trusted_proxy_hops", &self.trusted_proxy_hops)
+            .field("trusted_proxy_cidrs", &self.trusted_proxy_cidrs)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .field("webhook_path", &self.webhook_path)
             .field("signed_path_prefix", &self.signed_path_prefix)
@@ -248,7 +253,17 @@ impl<'a> Env<'a> {
         if admin_listen_addr == Some(listen_addr) {
             return Err(bad("ADMIN_LISTEN_ADDR", "must differ from LISTEN_ADDR"));
         }
-        let allowed_source_cidrs = self.raw("ALLOWED_SOURCE_CIDRS").map(|v| parse_cidrs(&v)).transpose()?;
+        let allowed_source_cidrs =
+            self.raw("ALLOWED_SOURCE_CIDRS").map(|v| parse_cidrs("ALLOWED_SOURCE_CIDRS", &v)).transpose()?;
+        let trusted_proxy_cidrs =
+            self.raw("TRUSTED_PROXY_CIDRS").map(|v| parse_cidrs("TRUSTED_PROXY_CIDRS", &v)).transpose()?;
+        let trusted_proxy_hops = self.ranged("TRUSTED_PROXY_HOPS", 0, 0, 10)? as usize;
+        if trusted_proxy_hops > 0 && trusted_proxy_cidrs.is_none() {
+            return Err(bad(
+                "TRUSTED_PROXY_HOPS",
+                "needs TRUSTED_PROXY_CIDRS (the proxies' addresses): X-Forwarded-For from anyone else is not believed",
+            ));
+        }
         let db_max_connections = self.ranged("DB_MAX_CONNECTIONS", 16, 1, 1000)? as u32;
         let intake = IntakeSettings {
             writers: self.ranged("INTAKE_WRITERS", default_writers(db_max_connections) as u64, 1, 64)? as usize,
@@ -269,7 +284,8 @@ impl<'a> Env<'a> {
             listen_addr,
             admin_listen_addr,
             allowed_source_cidrs,
-            trusted_proxy_hops: self.ranged("TRUSTED_PROXY_HOPS", 0, 0, 10)? as usize,
+            trusted_proxy_hops,
+            trusted_proxy_cidrs,
             shutdown_timeout_secs: self.ranged("SHUTDOWN_TIMEOUT_SECS", 25, 1, 3600)?,
             webhook_path,
             signed_path_prefix,
@@ -283,17 +299,17 @@ impl<'a> Env<'a> {
 }
 
 /// `10.0.0.0/8, 203.0.113.7, 2001:db8::/32`: a bare address is a single host.
-fn parse_cidrs(v: &str) -> Result<Vec<IpNet>, ConfigError> {
+fn parse_cidrs(var: &'static str, v: &str) -> Result<Vec<IpNet>, ConfigError> {
     let mut out = Vec::new();
     for entry in v.split([',', ' ', '\n']).map(str::trim).filter(|e| !e.is_empty()) {
         let net = entry
             .parse::<IpNet>()
             .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| bad("ALLOWED_SOURCE_CIDRS", format!("{entry:?} is not an IP address or CIDR block")))?;
+            .map_err(|_| bad(var, format!("{entry:?} is not an IP address or CIDR block")))?;
         out.push(net.trunc());
     }
     if out.is_empty() {
-        return Err(bad("ALLOWED_SOURCE_CIDRS", "is set but lists no address"));
+        return Err(bad(var, "is set but lists no address"));
     }
     Ok(out)
 }
@@ -312,11 +328,18 @@ fn parse_path(var: &'static str, p: &str) -> Result<String, ConfigError> {
 
 /// `label=secret` entries separated by commas or newlines; a bare entry is a secret on its
 /// own. Base64 padding (`abc==`) is a bare secret, not the label `abc`.
+/// The shortest secret accepted. Singapay's client secrets are longer; anything shorter is
+/// a typo, a truncated paste or a placeholder, and would be guessable.
+pub const MIN_SECRET_LEN: usize = 16;
+
 pub fn parse_credentials(v: &str) -> Result<Vec<Credential>, ConfigError> {
     const VAR: &str = "SINGAPAY_WEBHOOK_SECRETS";
     let entries: Vec<&str> = v.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty()).collect();
     if entries.is_empty() {
         return Err(bad(VAR, "has no secrets"));
+    }
+    for entry in &entries {
+        refuse_placeholder(entry).map_err(|why| bad(VAR, why))?;
     }
     let bare_count = entries.iter().filter(|e| split_label(e).is_none()).count();
     let mut out: Vec<Credential> = Vec::new();
@@ -330,6 +353,15 @@ pub fn parse_credentials(v: &str) -> Result<Vec<Credential>, ConfigError> {
                 (label, entry)
             }
         };
+        if secret.chars().count() < MIN_SECRET_LEN {
+            return Err(bad(
+                VAR,
+                format!(
+                    "the secret labelled {label:?} has {} characters; at least {MIN_SECRET_LEN} are required",
+                    secret.chars().count()
+                ),
+            ));
+        }
         if out.iter().any(|c| c.label == label) {
             return Err(bad(VAR, format!("label {label:?} appears twice")));
         }
@@ -338,11 +370,33 @@ pub fn parse_credentials(v: &str) -> Result<Vec<Credential>, ConfigError> {
     Ok(out)
 }
 
+/// Entries that are evidently not a secret: a label with nothing after `=` (an unset
+/// template variable, as in `default=${SECRET}` expanded empty), a `=` with no label, or a
+/// template left unexpanded.
+fn refuse_placeholder(entry: &str) -> Result<(), String> {
+    if let Some(label) = entry.strip_suffix('=').filter(|l| is_label(l)) {
+        return Err(format!(
+            "{label:?} has an empty secret (an unset template variable?); a bare secret that ends in '=' needs a label: label=secret"
+        ));
+    }
+    if entry.starts_with('=') {
+        return Err(format!("an entry starts with '=' ({} characters): the label is missing", entry.len()));
+    }
+    let secret = split_label(entry).map_or(entry, |(_, s)| s);
+    if ["${", "$(", "{{", "}}"].iter().any(|t| secret.contains(t)) || (secret.starts_with('<') && secret.ends_with('>'))
+    {
+        return Err("an entry looks like an unexpanded template".into());
+    }
+    Ok(())
+}
+
+fn is_label(label: &str) -> bool {
+    !label.is_empty() && label.len() <= 64 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 fn split_label(entry: &str) -> Option<(&str, &str)> {
     let (label, secret) = entry.split_once('=')?;
-    let label_ok = !label.is_empty()
-        && label.len() <= 64
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    let label_ok = is_label(label);
     let secret_ok = !secret.is_empty() && !secret.bytes().all(|b| b == b'=');
     (label_ok && secret_ok).then_some((label, secret))
 }
@@ -361,21 +415,46 @@ mod tests {
 
     #[test]
     fn credentials_accept_labels_and_bare_secrets() {
-        let c = parse_credentials("default=abc, specific=d=ef").unwrap();
+        let c = parse_credentials("default=abcdefghijklmnop, specific=d=efghijklmnopqrst").unwrap();
         assert_eq!(c[0].label, "default");
         assert_eq!(c[1].label, "specific");
-        assert_eq!(c[1].secret.expose_secret(), "d=ef");
+        assert_eq!(c[1].secret.expose_secret(), "d=efghijklmnopqrst");
         let c = parse_credentials("s3cr3t/with+symbols==").unwrap();
         assert_eq!((c[0].label.as_str(), c[0].secret.expose_secret()), ("default", "s3cr3t/with+symbols=="));
-        let c = parse_credentials("abc==\nxyz").unwrap();
+        let c = parse_credentials("abcdefghijklmnop==\nxyzxyzxyzxyzxyzxyz").unwrap();
         assert_eq!(c[0].label, "secret-1");
-        assert_eq!(c[0].secret.expose_secret(), "abc==");
-        assert!(parse_credentials("a=1,a=2").is_err());
+        assert_eq!(c[0].secret.expose_secret(), "abcdefghijklmnop==");
+        assert!(parse_credentials("a=abcdefghijklmnop1,a=abcdefghijklmnop2").is_err());
+    }
+
+    #[test]
+    fn credentials_refuse_empty_short_and_template_secrets() {
+        for (value, says) in [
+            ("default=", "empty secret"),
+            ("default=,specific=abcdefghijklmnopq", "empty secret"),
+            ("=x", "label is missing"),
+            ("=abcdefghijklmnopqrstuvwxyz", "label is missing"),
+            ("prod=short", "at least 16"),
+            ("short", "at least 16"),
+            ("default=${SINGAPAY_DEFAULT_SECRET}", "template"),
+            ("default={{ .Values.secret }}", "template"),
+            ("<client secret of the Default credential>", "template"),
+        ] {
+            let err = match parse_credentials(value) {
+                Err(e) => e,
+                Ok(_) => panic!("{value:?} was accepted"),
+            };
+            assert_eq!(err.var, "SINGAPAY_WEBHOOK_SECRETS");
+            assert!(err.to_string().contains(says), "{value:?}: {err}");
+            for secret in ["short", "abcdefghijklmnopq", "SINGAPAY_DEFAULT_SECRET"] {
+                assert!(!err.to_string().contains(secret) || value.starts_with('<'), "{value:?} leaked: {err}");
+            }
+        }
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        let base = [("SINGAPAY_WEBHOOK_SECRETS", "s")];
+        let base = [("SINGAPAY_WEBHOOK_SECRETS", "a-secret-long-enough")];
         for (var, value) in [
             ("TIMESTAMP_TOLERANCE_SECS", "soon"),
             ("TIMESTAMP_TOLERANCE_SECS", "0"),
@@ -388,6 +467,8 @@ mod tests {
             ("ALLOWED_SOURCE_CIDRS", "10.0.0.0/33"),
             ("ALLOWED_SOURCE_CIDRS", "example.com"),
             ("TRUSTED_PROXY_HOPS", "-1"),
+            ("TRUSTED_PROXY_HOPS", "1"),
+            ("TRUSTED_PROXY_CIDRS", "10.0.0.0/40"),
             ("SHUTDOWN_TIMEOUT_SECS", "0"),
         ] {
             let err = settings(&[base[0], (var, value)]).unwrap_err();

@@ -123,6 +123,10 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
+            // What is left of the upload is not read: the connection ends with this answer.
+            ApiError::BodyTooLarge(_) => {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         resp

@@ -17,10 +17,14 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let (code, message) = match store::migrations_applied(&state.pool).await {
         Ok(true) => return Json(json!({ "status": "ready" })).into_response(),
         Ok(false) => ("migrations_pending", "Database migrations are not applied; run `singapay-webhooks migrate`."),
-        Err(e) if store::is_transient(&e) => ("storage_unavailable", "Postgres is not reachable."),
+        Err(e) if store::is_transient(&e) => store::unavailable_reason(&e),
+        // No `_sqlx_migrations` table: nothing was ever migrated.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+            ("migrations_pending", "Database schema is not initialised; run `singapay-webhooks migrate`.")
+        }
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            ("migrations_pending", "Database schema is not initialised; run `singapay-webhooks migrate`.")
+            ("storage_unavailable", "Postgres answered the readiness check with an error.")
         }
     };
     let body = json!({

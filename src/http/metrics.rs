@@ -1,7 +1,8 @@
 //! `GET /metrics`: Prometheus text. Counters and histograms are recorded as callbacks are
-//! handled; queue depth and pool usage are read at scrape time.
+//! handled; pool usage is read at scrape time, and the queue's depth from Postgres at most
+//! once every [`QUEUE_GAUGES_EVERY`], however often and however many scrapers ask.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -21,7 +22,23 @@ pub async fn render(State(state): State<AppState>) -> Response {
     gauge!(metric::DB_POOL_CONNECTIONS, "state" => "in_use").set(f64::from(pool.size()) - idle);
     gauge!(metric::DB_POOL_MAX).set(f64::from(state.settings.db_max_connections));
     gauge!(metric::INTAKE_QUEUED).set(state.intake.queued() as f64);
+    read_queue_gauges(&state).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
 
+/// How stale the queue gauges may be. Counting the queue reads the table; a scrape (or 64
+/// at once, from a public port) must not turn into that much work for Postgres.
+pub const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Refreshes the queue gauges when they are older than [`QUEUE_GAUGES_EVERY`]. One scrape
+/// reads; scrapes meanwhile render the values as they are instead of waiting.
+async fn read_queue_gauges(state: &AppState) {
+    let Ok(mut read_at) = state.queue_gauges_read.try_lock() else { return };
+    if read_at.is_some_and(|t| t.elapsed() < QUEUE_GAUGES_EVERY) {
+        return;
+    }
+    *read_at = Some(Instant::now());
+    let pool = &state.pool;
     let query = sqlx::query_as::<_, (String, i64, i64, f64)>(
         "SELECT state, events, due, COALESCE(extract(epoch FROM oldest_due_age), 0)::float8
            FROM singapay.queue_health",
@@ -41,5 +58,4 @@ pub async fn render(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not available for /metrics"),
         Err(_) => tracing::debug!("queue depth query timed out for /metrics"),
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }

@@ -40,6 +40,12 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Where verified callbacks go to be stored (group commit).
     pub intake: Intake,
+    /// When `/metrics` last read the queue's depth from Postgres (see [`metrics`]).
+    pub queue_gauges_read: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
+    /// Turns for analysing large bodies: one per two cores (at least one), so that memory
+    /// and CPU spent on bodies nobody has authenticated yet stay bounded however many
+    /// arrive, and a core stays free for real callbacks.
+    pub analysis: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -52,6 +58,10 @@ impl AppState {
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
             metrics: None,
             intake,
+            queue_gauges_read: Arc::default(),
+            analysis: Arc::new(tokio::sync::Semaphore::new(
+                (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1),
+            )),
         }
     }
 }

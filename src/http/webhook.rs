@@ -29,8 +29,14 @@ use crate::store::{Delivery, Rejection, Signed, StoreError, Stored, Write, Writt
 use crate::telemetry::metric;
 
 /// Bodies larger than this are analysed on the blocking pool, so a large callback cannot
-/// stall the others.
+/// stall the others, and only as many at once as [`AppState::analysis`] allows, so that
+/// large bodies (anyone can send them, with any signature) wait their turn instead of
+/// multiplying memory. Real callbacks are a few KB and are analysed at once.
 const ANALYSE_INLINE_MAX: usize = 64 * 1024;
+
+/// The largest unsigned body looked at (the dashboard's test ping is about 70 bytes);
+/// larger unsigned bodies are refused unparsed.
+const TEST_PING_MAX: usize = 4 * 1024;
 
 /// The callback's flow, step by step.
 pub async fn receive(
@@ -40,11 +46,15 @@ pub async fn receive(
 ) -> Result<Answer, ApiError> {
     let (parts, body) = req.into_parts();
     let arrival = Arrival::read(&parts, &state.settings);
+    let signed = match signature::check_headers(arrival.headers()) {
+        Ok(signed) => signed,
+        Err(e) => return Err(refused_unread(body, e.into()).await),
+    };
     let raw = read_body(body, &parts.headers, state.settings.max_body_bytes).await?;
-    let (raw, body) = analyse(raw).await?;
-    if arrival.is_dashboard_test(&body) {
-        return Ok(Answer::TestPing);
+    if !signed {
+        return dashboard_test(&raw);
     }
+    let (raw, body) = analyse(raw, &state).await?;
     let verified = verify(&state, &arrival, &raw, &body, &notes)?;
     let delivery = classify(arrival.signed(&verified, &body, raw), &body, &notes)?;
     if !verified.fresh {
@@ -201,12 +211,6 @@ impl Arrival {
         }
     }
 
-    /// The dashboard "Test" button posts an unsigned dummy body: proof the URL is reachable.
-    fn is_dashboard_test(&self, body: &Body) -> bool {
-        let unsigned = self.signature.is_none() && self.timestamp.is_none() && self.authorization.is_none();
-        unsigned && body.object().is_some_and(webhook::is_dashboard_test)
-    }
-
     /// What was signed, built once for a delivery or a rejection.
     fn signed(self, verified: &Verified, body: &Body, raw: Vec<u8>) -> Signed {
         let headers = self.headers();
@@ -230,33 +234,75 @@ fn lossy(b: Option<&[u8]>) -> Option<String> {
     b.map(|b| column_text(&String::from_utf8_lossy(b)))
 }
 
-async fn read_body(body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
+/// The body, at most `max` bytes (enforced while reading, whatever Content-Length claims).
+async fn read_body(mut body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(ApiError::BodyTooLarge(max));
-    }
-    // The cap is enforced while reading, whatever Content-Length claimed.
-    match axum::body::to_bytes(body, max).await {
-        Ok(b) => Ok(b.to_vec()),
-        Err(e) => {
-            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_large {
-                Err(ApiError::BodyTooLarge(max))
-            } else {
-                Err(ApiError::InvalidBody(format!("body could not be read: {e}")))
+    if declared.is_none_or(|n| n <= max as u64) {
+        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+        loop {
+            match body.frame().await {
+                None => return Ok(buf),
+                Some(Err(e)) => return Err(ApiError::InvalidBody(format!("body could not be read: {e}"))),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if buf.len() + data.len() > max {
+                        break;
+                    }
+                    buf.extend_from_slice(&data);
+                }
             }
         }
+    }
+    drain(body).await;
+    Err(ApiError::BodyTooLarge(max))
+}
+
+/// Reads and discards what a client is still uploading after its body was refused (at most
+/// [`DRAIN_MAX`] bytes, for at most [`DRAIN_DEADLINE`]), as nginx's lingering close does:
+/// closing on a client in mid-upload resets the connection, and the client then sees a
+/// broken pipe instead of the 413. The 413 closes the connection.
+async fn drain(mut body: HttpBody) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, async {
+        let mut drained = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > DRAIN_MAX {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A refusal decided before the body was read; the body is drained first (see [`drain`]).
+pub(super) async fn refused_unread(body: HttpBody, e: ApiError) -> ApiError {
+    drain(body).await;
+    e
+}
+
+const DRAIN_MAX: usize = 16 * 1024 * 1024;
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The dashboard "Test" button posts an unsigned dummy body: proof the URL is reachable.
+/// Any other unsigned request is refused, and a large one without being parsed.
+fn dashboard_test(raw: &[u8]) -> Result<Answer, ApiError> {
+    if raw.len() <= TEST_PING_MAX && Body::analyse(raw).object().is_some_and(webhook::is_dashboard_test) {
+        Ok(Answer::TestPing)
+    } else {
+        Err(ApiError::MissingSignatureHeaders)
     }
 }
 
 /// Parses the body and builds every form a signer may have hashed.
-async fn analyse(raw: Vec<u8>) -> Result<(Vec<u8>, Body), ApiError> {
+async fn analyse(raw: Vec<u8>, state: &AppState) -> Result<(Vec<u8>, Body), ApiError> {
     if raw.len() <= ANALYSE_INLINE_MAX {
         let body = Body::analyse(&raw);
         return Ok((raw, body));
     }
+    let _turn = state.analysis.acquire().await.map_err(|_| ApiError::Internal)?;
     tokio::task::spawn_blocking(move || {
         let body = Body::analyse(&raw);
         (raw, body)

@@ -123,6 +123,26 @@ fn non_empty(h: Option<&[u8]>) -> Option<&[u8]> {
     h.map(trim_ascii).filter(|v| !v.is_empty())
 }
 
+/// The checks that need no body, made before the body is read: `Ok(false)` when the
+/// request carries none of the three headers (unsigned: only the dashboard's test ping may
+/// be that), `Ok(true)` when all three are there and X-Timestamp is well-formed. The same
+/// refusals, in the same order, as [`verify`].
+pub fn check_headers(headers: SignedHeaders<'_>) -> Result<bool, VerifyError> {
+    if headers.signature.is_none() && headers.timestamp.is_none() && headers.authorization.is_none() {
+        return Ok(false);
+    }
+    let (Some(_), Some(ts_raw), Some(auth)) =
+        (non_empty(headers.signature), non_empty(headers.timestamp), non_empty(headers.authorization))
+    else {
+        return Err(VerifyError::MissingHeaders);
+    };
+    if bearer_token(auth).is_empty() {
+        return Err(VerifyError::MissingHeaders);
+    }
+    parse_timestamp(ts_raw)?;
+    Ok(true)
+}
+
 /// Parses X-Timestamp: ASCII digits only, at most 19 of them.
 pub fn parse_timestamp(raw: &[u8]) -> Result<u64, VerifyError> {
     if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {

@@ -74,10 +74,13 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            // 08: connection exception; 40001/40P01: serialization failure/deadlock;
-            // 53: insufficient resources; 55P03: lock_timeout; 57: operator intervention
-            // (shutdown, statement timeout).
+            // 08: connection exception; 28: authentication failed and 3D000: no such
+            // database (a deployment mistake: once fixed, Singapay's retries get through);
+            // 40001/40P01: serialization failure/deadlock; 53: insufficient resources;
+            // 55P03: lock_timeout; 57: operator intervention (shutdown, statement timeout).
             c.starts_with("08")
+                || c.starts_with("28")
+                || c == "3D000"
                 || c == "40001"
                 || c == "40P01"
                 || c == "55P03"
@@ -85,6 +88,20 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
                 || c.starts_with("57")
         }),
         _ => false,
+    }
+}
+
+/// Why Postgres cannot be used right now, as `/readyz` names it.
+pub fn unavailable_reason(e: &sqlx::Error) -> (&'static str, &'static str) {
+    match e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(c) if c.starts_with("28") => {
+                ("database_authentication_failed", "Postgres refused the credentials in DATABASE_URL.")
+            }
+            Some("3D000") => ("database_not_found", "The database named in DATABASE_URL does not exist."),
+            _ => ("storage_unavailable", "Postgres is not reachable."),
+        },
+        _ => ("storage_unavailable", "Postgres is not reachable."),
     }
 }
 

@@ -1,5 +1,5 @@
-//! ALLOWED_SOURCE_CIDRS with TRUSTED_PROXY_HOPS: allowed, denied, and spoofed
-//! X-Forwarded-For, all decided before the body is read.
+//! ALLOWED_SOURCE_CIDRS with TRUSTED_PROXY_CIDRS and TRUSTED_PROXY_HOPS: allowed, denied,
+//! and spoofed X-Forwarded-For, all decided before the body is read.
 
 use crate::helpers::{now, payload, sign_php, TestApp, DEFAULT_PATH};
 
@@ -38,6 +38,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_decides_and_spoofed_hops_ar
     // The test client plays the load balancer (127.0.0.1), which appended the client.
     let app = TestApp::spawn_with(|s| {
         s.allowed_source_cidrs = Some(vec!["203.0.113.0/24".parse().unwrap()]);
+        s.trusted_proxy_cidrs = Some(vec!["127.0.0.0/8".parse().unwrap()]);
         s.trusted_proxy_hops = 1;
     })
     .await;
@@ -68,4 +69,31 @@ async fn a_denied_source_gets_403_before_any_body_work() {
         200,
         "health is not behind the allowlist"
     );
+}
+
+#[tokio::test]
+async fn forwarded_for_decides_only_on_connections_from_the_trusted_proxies() {
+    let allow = || Some(vec!["203.0.113.0/24".parse().unwrap()]);
+    // The proxies are elsewhere: this peer (127.0.0.1) reached the receiver directly, and
+    // its X-Forwarded-For naming an allowed client changes nothing.
+    let direct = TestApp::spawn_with(|s| {
+        s.allowed_source_cidrs = allow();
+        s.trusted_proxy_cidrs = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
+    assert_eq!(send_from(&direct, Some("203.0.113.9"), payload("va-transaction")).await.0, 403);
+    assert_eq!(direct.total_rows().await, 0);
+
+    // The peer is the load balancer: the right-most address that is not a trusted proxy is
+    // the client, however many of our own proxies relayed it.
+    let behind = TestApp::spawn_with(|s| {
+        s.allowed_source_cidrs = allow();
+        s.trusted_proxy_cidrs = Some(vec!["127.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
+    assert_eq!(send_from(&behind, Some("203.0.113.9"), payload("va-transaction")).await.0, 200);
+    assert_eq!(send_from(&behind, Some("203.0.113.9, 127.0.0.7"), payload("disbursement")).await.0, 200);
+    let spoofed = send_from(&behind, Some("203.0.113.9, 198.51.100.66"), payload("qris-issuer")).await;
+    assert_eq!(spoofed, (403, "ip_not_allowed".to_owned()));
+    assert_eq!(behind.count("deliveries").await, 2);
 }

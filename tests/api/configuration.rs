@@ -63,13 +63,16 @@ fn env_example_lists_exactly_the_variables_the_code_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
-    let base = [("SINGAPAY_WEBHOOK_SECRETS", "primary=abc"), ("DATABASE_URL", "postgres://u@127.0.0.1:1/db")];
+    let base =
+        [("SINGAPAY_WEBHOOK_SECRETS", "primary=abcdefghijklmnop"), ("DATABASE_URL", "postgres://u@127.0.0.1:1/db")];
     let data_dir = tempfile::tempdir().unwrap();
     let data = data_dir.path().to_str().unwrap();
     let cases: Vec<(&str, &str, Vec<&str>)> = vec![
         ("DATABASE_URL", "mysql://nope", vec!["serve"]),
         ("DATABASE_URL_FILE", "/nonexistent/db-url", vec!["serve"]),
-        ("SINGAPAY_WEBHOOK_SECRETS", "a=1,a=2", vec!["serve"]),
+        ("SINGAPAY_WEBHOOK_SECRETS", "a=abcdefghijklmnop1,a=abcdefghijklmnop2", vec!["serve"]),
+        ("SINGAPAY_WEBHOOK_SECRETS", "default=", vec!["serve"]),
+        ("SINGAPAY_WEBHOOK_SECRETS", "=x", vec!["serve"]),
         ("SINGAPAY_WEBHOOK_SECRETS_FILE", "/nonexistent/secrets", vec!["serve"]),
         ("LISTEN_ADDR", "localhost", vec!["serve"]),
         ("ADMIN_LISTEN_ADDR", "9090", vec!["serve"]),
@@ -79,6 +82,8 @@ async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
         ("MAX_BODY_BYTES", "12", vec!["serve"]),
         ("ALLOWED_SOURCE_CIDRS", "10.0.0.0/40", vec!["serve"]),
         ("TRUSTED_PROXY_HOPS", "many", vec!["serve"]),
+        ("TRUSTED_PROXY_HOPS", "1", vec!["serve"]),
+        ("TRUSTED_PROXY_CIDRS", "10.0.0.0/40", vec!["serve"]),
         ("DB_MAX_CONNECTIONS", "0", vec!["serve"]),
         ("INTAKE_WRITERS", "17", vec!["serve"]),
         ("INTAKE_BATCH_MAX", "0", vec!["serve"]),

@@ -152,6 +152,7 @@ pub fn default_settings(secret: &str) -> Settings {
         admin_listen_addr: None,
         allowed_source_cidrs: None,
         trusted_proxy_hops: 0,
+        trusted_proxy_cidrs: None,
         shutdown_timeout_secs: 25,
         webhook_path: "/webhooks/singapay".into(),
         signed_path_prefix: None,

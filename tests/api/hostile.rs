@@ -121,3 +121,33 @@ async fn a_bad_signature_never_writes() {
     assert_eq!((r.status, r.error_code()), (401, "signature_invalid"));
     assert_eq!(app.total_rows().await, 0);
 }
+
+/// A client uploading more than MAX_BODY_BYTES reads the 413 instead of a reset: the rest
+/// of its upload is drained before the connection closes. Twenty uploads of 2 MiB, each
+/// written whole before the answer is read (what a simple HTTP client does), signed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upload_reads_a_413_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let body = vec![b'7'; 2 << 20];
+    for attempt in 0..20 {
+        let signed = attempt % 2 == 0;
+        let mut head = format!("POST {DEFAULT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n", body.len());
+        if signed {
+            head.push_str(&format!(
+                "X-Signature: {}\r\nX-Timestamp: {}\r\nAuthorization: Bearer t\r\n",
+                "0".repeat(128),
+                now()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&body).await.unwrap_or_else(|e| panic!("attempt {attempt}: upload cut off: {e}"));
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.unwrap_or_else(|e| panic!("attempt {attempt}: answer lost: {e}"));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "attempt {attempt}: {answer}");
+    }
+    assert_eq!(app.total_rows().await, 0);
+}

@@ -687,3 +687,109 @@ async fn secrets_from_files_and_a_dot_env_configure_serve() {
             .unwrap();
     assert_eq!(credential, "dotenv", "the label from the .env");
 }
+
+/// `/metrics` on a public port: however many scrape at once, Postgres is asked for the
+/// queue's depth by one of them at a time (and at most every few seconds). Shown with the
+/// queue table locked: one scrape's query waits for the lock, every other scrape answers
+/// at once with the gauges as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_scrapes_ask_postgres_for_the_queue_depth_once() {
+    let (db_url, db) = fresh_database().await;
+    let secret = format!("cs_{}", random_hex(8));
+    let (server, _) = process::serve_ready(&["serve"], |port| {
+        env(&[
+            ("DATABASE_URL", &db_url),
+            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ])
+    })
+    .await;
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE singapay.transaction_events IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let url = server.url("/metrics");
+    let scrapes: Vec<_> = (0..32)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    let mut most_waiting = 0;
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < deadline {
+        most_waiting = most_waiting.max(lock_waiters(&db).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answered = scrapes.iter().filter(|s| s.is_finished()).count();
+    lock.commit().await.unwrap();
+    let statuses: Vec<u16> = join_all(scrapes).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert!(most_waiting >= 1, "the first scrape reads the queue (and waits for the lock)");
+    assert_eq!(most_waiting, 1, "scrapes queued up on Postgres instead of sharing one read");
+    assert!(answered >= 31, "only {answered} of 32 scrapes answered while one read waited");
+}
+
+/// Strangers flooding the public port with large bodies — unsigned, or with made-up
+/// signature headers, which cost a parse before they can be refused — do not inflate the
+/// receiver's memory, and real callbacks sent meanwhile are stored. (How long those waited
+/// is a figure for a benchmark, not for a test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_large_unauthenticated_bodies_keeps_memory_bounded() {
+    let (db_url, _db) = fresh_database().await;
+    let secret = format!("cs_{}", random_hex(8));
+    let (server, _) = process::serve_ready(&["serve"], |port| {
+        env(&[
+            ("DATABASE_URL", &db_url),
+            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
+        ])
+    })
+    .await;
+    // Just under MAX_BODY_BYTES (1 MiB) of `[0,0,…]`: the cheapest body to send and among
+    // the dearest to parse.
+    let array = format!("[{}0]", "0,".repeat(520_000));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = server.url("/webhooks/singapay");
+    let senders: Vec<_> = (0..32)
+        .map(|i| {
+            let (stop, url, body) = (stop.clone(), url.clone(), array.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut refused = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut req = client.post(&url).body(body.clone());
+                    if i % 2 == 0 {
+                        req = req
+                            .header("x-signature", "0".repeat(128))
+                            .header("x-timestamp", now().to_string())
+                            .header("authorization", "Bearer stranger");
+                    }
+                    if let Ok(r) = req.send().await {
+                        assert_eq!(r.status(), 401);
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for n in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let body = format!(
+            r#"{{"response_code":"SP000","event":"disbursement","data":{{"transaction_id":"{n:031}","transaction_status":{{"code":"00"}}}}}}"#
+        );
+        assert_eq!(post(&server, &secret, &body, now()).await, 200);
+        stored += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused: usize = join_all(senders).await.into_iter().map(Result::unwrap).sum();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert_eq!(stored, 20);
+    assert!(refused >= 32, "the flood was sent ({refused} refused)");
+    assert!(peak_kib < 256 * 1024, "peak RSS {} MiB under the flood", peak_kib / 1024);
+}
