@@ -59,6 +59,9 @@ pub const VARIABLES: &[&str] = &[
     "RUST_LOG",
     "RETENTION_DAYS",
     "SHUTDOWN_TIMEOUT_SECS",
+    "MAX_CONNECTIONS",
+    "HEADER_READ_TIMEOUT_SECS",
+    "BODY_READ_TIMEOUT_SECS",
     "PG_BIN_DIR",
 ];
 
@@ -78,6 +81,11 @@ pub struct Settings {
     pub trusted_proxy_cidrs: Option<Vec<IpNet>>,
     /// How long shutdown waits for in-flight callbacks.
     pub shutdown_timeout_secs: u64,
+    /// Open connections allowed on the callback port, and how long a request's headers may
+    /// take (also the keep-alive idle timeout).
+    pub connections: crate::http::server::ConnectionLimits,
+    /// How long a request's body may take to arrive, in full.
+    pub body_read_timeout_secs: u64,
     pub webhook_path: String,
     pub signed_path_prefix: Option<String>,
     pub timestamp_tolerance_secs: u64,
@@ -112,6 +120,8 @@ impl fmt::Debug for Settings {
             .field("trusted_proxy_hops", &self.trusted_proxy_hops)
             .field("trusted_proxy_cidrs", &self.trusted_proxy_cidrs)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .field("connections", &self.connections)
+            .field("body_read_timeout_secs", &self.body_read_timeout_secs)
             .field("webhook_path", &self.webhook_path)
             .field("signed_path_prefix", &self.signed_path_prefix)
             .field("timestamp_tolerance_secs", &self.timestamp_tolerance_secs)
@@ -287,6 +297,21 @@ impl<'a> Env<'a> {
             trusted_proxy_hops,
             trusted_proxy_cidrs,
             shutdown_timeout_secs: self.ranged("SHUTDOWN_TIMEOUT_SECS", 25, 1, 3600)?,
+            connections: crate::http::server::ConnectionLimits {
+                max_connections: self.ranged(
+                    "MAX_CONNECTIONS",
+                    crate::http::server::default_max_connections(db_max_connections) as u64,
+                    1,
+                    1_000_000,
+                )? as usize,
+                header_read_timeout: std::time::Duration::from_secs(self.ranged(
+                    "HEADER_READ_TIMEOUT_SECS",
+                    65,
+                    1,
+                    3600,
+                )?),
+            },
+            body_read_timeout_secs: self.ranged("BODY_READ_TIMEOUT_SECS", 15, 1, 3600)?,
             webhook_path,
             signed_path_prefix,
             timestamp_tolerance_secs: self.ranged("TIMESTAMP_TOLERANCE_SECS", 300, 1, 7 * 24 * 3600)?,
@@ -470,6 +495,9 @@ mod tests {
             ("TRUSTED_PROXY_HOPS", "1"),
             ("TRUSTED_PROXY_CIDRS", "10.0.0.0/40"),
             ("SHUTDOWN_TIMEOUT_SECS", "0"),
+            ("MAX_CONNECTIONS", "0"),
+            ("HEADER_READ_TIMEOUT_SECS", "0"),
+            ("BODY_READ_TIMEOUT_SECS", "soon"),
         ] {
             let err = settings(&[base[0], (var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{err}");

@@ -1,7 +1,6 @@
 //! Building and running the server, shared by `serve`, `dev` and the tests.
 
 use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -27,11 +26,12 @@ pub async fn run(
     let when_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let main = tokio::spawn(
-        axum::serve(listener, router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(when_stopped(stopped.clone()))
-            .into_future(),
-    );
+    let main = tokio::spawn(crate::http::server::serve(
+        listener,
+        router(state.clone()),
+        state.settings.connections,
+        when_stopped(stopped.clone()),
+    ));
     let admin = admin.map(|l| {
         tokio::spawn(
             axum::serve(l, admin_router(state.clone()).into_make_service())

@@ -46,6 +46,9 @@ pub mod metric {
     pub const QUEUE_OLDEST_DUE_AGE: &str = "singapay_queue_oldest_due_age_seconds";
     pub const DB_POOL_CONNECTIONS: &str = "singapay_db_pool_connections";
     pub const DB_POOL_MAX: &str = "singapay_db_pool_max_connections";
+    pub const OPEN_CONNECTIONS: &str = "singapay_open_connections";
+    pub const CONNECTION_LIMIT_HITS: &str = "singapay_connection_limit_hits_total";
+    pub const ACCEPT_ERRORS: &str = "singapay_accept_errors_total";
 }
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
@@ -108,6 +111,12 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
             );
             describe_gauge!(metric::DB_POOL_CONNECTIONS, "Database pool connections by state (idle, in_use).");
             describe_gauge!(metric::DB_POOL_MAX, "Configured maximum of the database pool (DB_MAX_CONNECTIONS).");
+            describe_gauge!(metric::OPEN_CONNECTIONS, "Open client connections on the callback port.");
+            describe_counter!(
+                metric::CONNECTION_LIMIT_HITS,
+                "Times a new connection found MAX_CONNECTIONS open (a silent one was closed or it waited)."
+            );
+            describe_counter!(metric::ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), survived.");
             handle
         })
         .clone()

@@ -27,6 +27,8 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("body larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("body not received within BODY_READ_TIMEOUT_SECS")]
+    BodyTimeout,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed")]
@@ -57,6 +59,7 @@ impl ApiError {
             ApiError::IpNotAllowed => StatusCode::FORBIDDEN,
             ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -73,6 +76,7 @@ impl ApiError {
             ApiError::IpNotAllowed => "ip_not_allowed",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::StorageUnavailable => "storage_unavailable",
@@ -99,6 +103,7 @@ impl ApiError {
             ApiError::IpNotAllowed => "Source address not allowed.".into(),
             ApiError::InvalidBody(_) => "Webhook body must be a JSON object nested at most 64 deep.".into(),
             ApiError::BodyTooLarge(max) => format!("Webhook body exceeds {max} bytes."),
+            ApiError::BodyTimeout => "Webhook body not received in time.".into(),
             ApiError::NotFound => "No such endpoint.".into(),
             ApiError::MethodNotAllowed => "Method not allowed.".into(),
             ApiError::StorageUnavailable => "Storage temporarily unavailable; retry later.".into(),
@@ -124,7 +129,7 @@ impl IntoResponse for ApiError {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
             // What is left of the upload is not read: the connection ends with this answer.
-            ApiError::BodyTooLarge(_) => {
+            ApiError::BodyTooLarge(_) | ApiError::BodyTimeout => {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

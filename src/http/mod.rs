@@ -3,6 +3,7 @@
 mod error;
 mod health;
 mod metrics;
+pub mod server;
 pub mod source;
 mod webhook;
 

@@ -50,7 +50,7 @@ pub async fn receive(
         Ok(signed) => signed,
         Err(e) => return Err(refused_unread(body, e.into()).await),
     };
-    let raw = read_body(body, &parts.headers, state.settings.max_body_bytes).await?;
+    let raw = read_body(body, &parts.headers, &state.settings).await?;
     if !signed {
         return dashboard_test(&raw);
     }
@@ -234,8 +234,16 @@ fn lossy(b: Option<&[u8]>) -> Option<String> {
     b.map(|b| column_text(&String::from_utf8_lossy(b)))
 }
 
-/// The body, at most `max` bytes (enforced while reading, whatever Content-Length claims).
-async fn read_body(mut body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
+/// The body, at most `MAX_BODY_BYTES` (enforced while reading, whatever Content-Length
+/// claims), in full within `BODY_READ_TIMEOUT_SECS`.
+async fn read_body(body: HttpBody, headers: &HeaderMap, settings: &Settings) -> Result<Vec<u8>, ApiError> {
+    let deadline = std::time::Duration::from_secs(settings.body_read_timeout_secs);
+    tokio::time::timeout(deadline, read_capped(body, headers, settings.max_body_bytes))
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout))
+}
+
+async fn read_capped(mut body: HttpBody, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, ApiError> {
     use http_body_util::BodyExt;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());

@@ -91,6 +91,9 @@ async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
         ("LOG_FORMAT", "xml", vec!["serve"]),
         ("RUST_LOG", "info,[", vec!["serve"]),
         ("SHUTDOWN_TIMEOUT_SECS", "0", vec!["serve"]),
+        ("MAX_CONNECTIONS", "0", vec!["serve"]),
+        ("HEADER_READ_TIMEOUT_SECS", "forever", vec!["serve"]),
+        ("BODY_READ_TIMEOUT_SECS", "0", vec!["serve"]),
         ("RETENTION_DAYS", "-3", vec!["prune"]),
         ("PG_BIN_DIR", "/nonexistent/pg", vec!["dev", "--data-dir", data]),
     ];

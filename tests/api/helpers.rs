@@ -154,6 +154,11 @@ pub fn default_settings(secret: &str) -> Settings {
         trusted_proxy_hops: 0,
         trusted_proxy_cidrs: None,
         shutdown_timeout_secs: 25,
+        connections: singapay_webhooks::http::server::ConnectionLimits {
+            max_connections: 1024,
+            header_read_timeout: std::time::Duration::from_secs(65),
+        },
+        body_read_timeout_secs: 15,
         webhook_path: "/webhooks/singapay".into(),
         signed_path_prefix: None,
         timestamp_tolerance_secs: 300,

@@ -1,6 +1,7 @@
 mod allowlist;
 mod concurrency;
 mod configuration;
+mod connections;
 mod consumer_example;
 mod crash;
 mod dev;

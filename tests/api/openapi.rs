@@ -1,6 +1,7 @@
 //! docs/openapi.yaml against the running router: every documented status and body shape
 //! is produced, and nothing undocumented is.
 
+use futures::StreamExt;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -23,7 +24,7 @@ async fn call(
     method: &'static str,
     path: &str,
     headers: &[(&str, String)],
-    body: Vec<u8>,
+    body: impl Into<reqwest::Body>,
 ) -> Observed {
     let mut req = app.client.request(method.parse().unwrap(), app.url(path)).body(body);
     for (k, v) in headers {
@@ -123,6 +124,17 @@ async fn the_router_produces_exactly_what_openapi_documents() {
     let lazy = sqlx::postgres::PgPoolOptions::new().connect_lazy(&closed).unwrap();
     let down = TestApp::spawn_on(closed, lazy, |_| {}).await;
     let broken = TestApp::spawn().await;
+    // Bodies that stop arriving: 408 once BODY_READ_TIMEOUT_SECS has passed.
+    let slow = TestApp::spawn_with(|s| s.body_read_timeout_secs = 1).await;
+    let stalled = || {
+        let stream = futures::stream::once(async { Ok::<_, std::io::Error>(b"{\"event\":".to_vec()) }).chain(
+            futures::stream::once(async {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                Ok(b"1}".to_vec())
+            }),
+        );
+        reqwest::Body::wrap_stream(stream)
+    };
     // A bug: the schema no longer matches what the code writes.
     sqlx::query("ALTER TABLE singapay.deliveries RENAME COLUMN payload TO payload_gone")
         .execute(&broken.db)
@@ -144,6 +156,7 @@ async fn the_router_produces_exactly_what_openapi_documents() {
         seen.push(call(&fenced, template, "POST", path, &[], body.clone()).await);
         seen.push(call(&broken, template, "POST", path, &signed(&broken, path, &body, false), body.clone()).await);
         seen.push(call(&down, template, "POST", path, &signed(&down, path, &body, false), body.clone()).await);
+        seen.push(call(&slow, template, "POST", path, &signed(&slow, path, b"{}", true), stalled()).await);
     }
     seen.push(call(&app, DEFAULT_PATH, "GET", DEFAULT_PATH, &[], Vec::new()).await);
     seen.push(call(&app, "/healthz", "GET", "/healthz", &[], Vec::new()).await);
@@ -220,6 +233,14 @@ async fn every_refusal_code_is_counted_once() {
     refuse(call(&fenced, p, "POST", p, &[], body.clone().into_bytes()).await);
     refuse(call(&down, p, "POST", p, &signed(&down, p, body.as_bytes(), false), body.clone().into_bytes()).await);
     refuse(call(&broken, p, "POST", p, &signed(&broken, p, body.as_bytes(), false), body.clone().into_bytes()).await);
+    let slow = TestApp::spawn_with(|s| s.body_read_timeout_secs = 1).await;
+    let stalled =
+        futures::stream::once(async { Ok::<_, std::io::Error>(b"{".to_vec()) }).chain(futures::stream::once(async {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            Ok(b"}".to_vec())
+        }));
+    let headers = signed(&slow, p, b"{}", true);
+    refuse(call(&slow, p, "POST", p, &headers, reqwest::Body::wrap_stream(stalled)).await);
     let stale = app.send_at(&payload("ewallet-topup"), now() - 3600).await;
     codes.push(stale.error_code().to_owned());
     let expected = [
@@ -231,6 +252,7 @@ async fn every_refusal_code_is_counted_once() {
         "ip_not_allowed",
         "storage_unavailable",
         "internal",
+        "body_timeout",
         "stale_timestamp",
     ];
     assert_eq!(codes, expected);
