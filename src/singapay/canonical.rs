@@ -239,6 +239,28 @@ pub fn php_number(lit: &str) -> Option<String> {
     Some(php_gcvt(f))
 }
 
+/// The shortest digits that round-trip `f` (finite, positive), as zend_dtoa mode 0 gives
+/// them, and the decimal exponent of the first: `f = d.ddd × 10^exp`. Ryu picks the same
+/// digit as zend_dtoa (and Python's repr) when two shortest strings are equally close —
+/// the even one — where Rust's own formatting picks the higher one
+/// (`753314041375214.3` → PHP and Ryu `…214.2`).
+fn shortest_digits(f: f64) -> (String, i32) {
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(f);
+    let (mantissa, exp) = text.split_once('e').unwrap_or((text, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all: String = int.chars().chain(frac.chars()).collect();
+    let leading = all.bytes().take_while(|b| *b == b'0').count();
+    let digits = all[leading..].trim_end_matches('0').to_owned();
+    // The first significant digit's place: int.len() - 1 - leading, counted from the point.
+    let first = int.len() as i32 - 1 - leading as i32;
+    if digits.is_empty() {
+        return ("0".to_owned(), 0);
+    }
+    (digits, first + exp)
+}
+
 /// PHP's `php_gcvt(value, 17, '.', 'e')` in mode 0 (shortest round-trip digits).
 fn php_gcvt(f: f64) -> String {
     let mut out = String::new();
@@ -249,11 +271,7 @@ fn php_gcvt(f: f64) -> String {
         out.push('0');
         return out;
     }
-    // Rust's `{:e}` prints the shortest digits that round-trip, as zend_dtoa mode 0 does.
-    let sci = format!("{:e}", f.abs());
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let exp: i32 = exp.parse().unwrap_or(0);
+    let (digits, exp) = shortest_digits(f.abs());
     let decpt = exp + 1;
     const NDIGIT: i32 = 17;
     let exponential = if decpt < 0 { decpt < -3 } else { decpt > NDIGIT };
