@@ -101,7 +101,7 @@ impl ApiError {
             ApiError::SignatureInvalid => "Invalid webhook signature.".into(),
             ApiError::StaleTimestamp => "Webhook timestamp outside the accepted window.".into(),
             ApiError::IpNotAllowed => "Source address not allowed.".into(),
-            ApiError::InvalidBody(_) => "Webhook body must be a JSON object nested at most 64 deep.".into(),
+            ApiError::InvalidBody(_) => "Webhook body must be a JSON object nested at most 511 deep.".into(),
             ApiError::BodyTooLarge(max) => format!("Webhook body exceeds {max} bytes."),
             ApiError::BodyTimeout => "Webhook body not received in time.".into(),
             ApiError::NotFound => "No such endpoint.".into(),

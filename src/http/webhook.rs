@@ -304,8 +304,18 @@ fn dashboard_test(raw: &[u8]) -> Result<Answer, ApiError> {
     }
 }
 
-/// Parses the body and builds every form a signer may have hashed.
+/// Parses the body and builds every form a signer may have hashed. A body nested deeper
+/// than PHP's `json_decode` goes is refused whatever it was signed over: no PHP signer can
+/// have produced it.
 async fn analyse(raw: Vec<u8>, state: &AppState) -> Result<(Vec<u8>, Body), ApiError> {
+    let (raw, body) = analyse_bounded(raw, state).await?;
+    if let Err(e @ crate::singapay::json::ParseError::TooDeep) = &body.parsed {
+        return Err(ApiError::InvalidBody(e.to_string()));
+    }
+    Ok((raw, body))
+}
+
+async fn analyse_bounded(raw: Vec<u8>, state: &AppState) -> Result<(Vec<u8>, Body), ApiError> {
     if raw.len() <= ANALYSE_INLINE_MAX {
         let body = Body::analyse(&raw);
         return Ok((raw, body));

@@ -7,8 +7,12 @@
 
 use std::fmt;
 
-/// Deepest nesting of arrays/objects accepted (`{"a":1}` is depth 1).
-pub const MAX_DEPTH: usize = 64;
+/// Deepest nesting of arrays/objects accepted (`{"a":1}` is depth 1): PHP's. `json_decode`'s
+/// default depth of 512 counts the innermost values as a level, so objects and arrays nest
+/// at most 511 deep there (checked against PHP by the `depth/` vectors). Every recursive
+/// walk over a [`Value`] is bounded by it; a test runs them on a 2 MiB stack, the smallest
+/// the service's threads have (Tokio's workers and blocking pool).
+pub const MAX_DEPTH: usize = 511;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -42,7 +46,9 @@ impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ParseError::InvalidUtf8 => f.write_str("body is not valid UTF-8"),
-            ParseError::TooDeep => write!(f, "body nests deeper than {MAX_DEPTH}"),
+            ParseError::TooDeep => {
+                write!(f, "body nests deeper than {MAX_DEPTH} levels, more than PHP's json_decode accepts")
+            }
             ParseError::Syntax { offset, what } => {
                 write!(f, "invalid JSON at byte {offset}: {what}")
             }

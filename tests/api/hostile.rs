@@ -45,7 +45,7 @@ async fn missing_or_malformed_signature_headers_are_refused_without_rows() {
 async fn authentic_bodies_that_are_not_json_objects_are_bad_requests() {
     let app = TestApp::spawn().await;
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes();
-    let deep_object = format!("{}1{}", "{\"a\":".repeat(65), "}".repeat(65)).into_bytes();
+    let deep_object = format!("{}1{}", "{\"a\":".repeat(512), "}".repeat(512)).into_bytes();
     for body in [
         b"[1,2,3]".to_vec(),
         b"\"just a string\"".to_vec(),
@@ -65,8 +65,8 @@ async fn authentic_bodies_that_are_not_json_objects_are_bad_requests() {
             String::from_utf8_lossy(&body[..body.len().min(40)])
         );
     }
-    // Nesting of exactly 64 is fine.
-    let ok = format!("{}1{}", "{\"a\":".repeat(64), "}".repeat(64)).into_bytes();
+    // Nesting of exactly 511, as deep as PHP's json_decode goes, is fine.
+    let ok = format!("{}1{}", "{\"a\":".repeat(511), "}".repeat(511)).into_bytes();
     assert_eq!(send_raw_signed(&app, ok).await.status, 200);
     assert_eq!(app.count("deliveries").await, 1);
 }
@@ -149,5 +149,45 @@ async fn an_oversized_upload_reads_a_413_not_a_reset() {
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 413"), "attempt {attempt}: {answer}");
     }
+    assert_eq!(app.total_rows().await, 0);
+}
+
+/// Everything done with a body — parse, PHP form, sorted form, classification, the stored
+/// JSON, dropping it — at the deepest nesting PHP accepts and far beyond, on a thread with
+/// the smallest stack the service's threads have (2 MiB: Tokio's workers and blocking pool),
+/// in an unoptimised build (bigger frames than release).
+#[test]
+fn deep_bodies_are_handled_on_a_two_mebibyte_stack() {
+    use singapay_webhooks::singapay::{json, webhook, Body};
+    let work = || {
+        for (depth, usable) in [(511, true), (512, false), (1_000_000, false)] {
+            for (open, close) in [("{\"a\":", "}"), ("[", "]")] {
+                let inner = format!("{}1{}", open.repeat(depth - 1), close.repeat(depth - 1));
+                let text = format!("{{\"event\":\"x\",\"data\":{inner}}}");
+                let body = Body::analyse(text.as_bytes());
+                assert_eq!(body.php.is_some(), usable, "depth {depth}");
+                assert_eq!(body.sorted().is_some(), usable, "depth {depth}");
+                if let Some(object) = body.object() {
+                    let _ = webhook::classify(object);
+                    assert!(json::to_jsonb_text(object).len() >= 2 * depth);
+                }
+                drop(body);
+            }
+        }
+    };
+    std::thread::Builder::new().stack_size(2 << 20).spawn(work).unwrap().join().expect("no stack overflow");
+}
+
+/// A body nested deeper than PHP accepts is refused as such, whatever its signature was
+/// made over (no PHP signer can have produced it): 400, not 401.
+#[tokio::test]
+async fn a_body_deeper_than_php_accepts_is_invalid_whatever_was_signed() {
+    let app = TestApp::spawn().await;
+    let deep = format!("{{\"event\":\"x\",\"data\":{}1{}}}", "[".repeat(600), "]".repeat(600));
+    let raw_signed = send_raw_signed(&app, deep.clone().into_bytes()).await;
+    assert_eq!((raw_signed.status, raw_signed.error_code()), (400, "invalid_body"));
+    let ts = now().to_string();
+    let forged = app.post_raw(DEFAULT_PATH, deep, Some(&"0".repeat(128)), Some(&ts), Some("Bearer t")).await;
+    assert_eq!((forged.status, forged.error_code()), (400, "invalid_body"));
     assert_eq!(app.total_rows().await, 0);
 }
