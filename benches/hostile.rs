@@ -13,13 +13,15 @@
 //! 3. 2,000 connections that send nothing, against the receiver started with 1,024 file
 //!    descriptors (`prlimit`): how long one callback takes to get through.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use singapay_webhooks::embedded_pg::{self, free_port, Cluster};
+use singapay_webhooks::embedded_pg::{self, free_port};
 use singapay_webhooks::singapay::{signature, Body};
 
 const SECRET: &str = "bench-secret-0123456789";
@@ -137,18 +139,8 @@ fn report(name: &str, latencies: &[f64], extra: &str) {
 
 fn main() {
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let dir = tempfile::Builder::new().prefix("singapay-hostile-bench-").tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cluster = Cluster::open(&dir.path().join("pg"), true).expect("cluster");
-    cluster.start().expect("start PostgreSQL");
-    struct StopCluster(Cluster);
-    impl Drop for StopCluster {
-        fn drop(&mut self) {
-            let _ = self.0.stop();
-        }
-    }
-    let _stop = StopCluster(cluster.clone());
+    let bench = common::BenchCluster::start("singapay-hostile-bench-");
+    let cluster = bench.cluster.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         embedded_pg::ensure_database(&cluster, "bench").await.unwrap();

@@ -21,6 +21,8 @@
 //! (one callback per transaction, what the receiver did before group commit) and K = 32
 //! (set-based: the limit of the schema on this machine).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -402,20 +404,11 @@ fn row(name: &str, s: Stats) {
 
 fn main() {
     let n = env_or("BENCH_REQUESTS", 20_000);
-    let dir = tempfile::Builder::new().prefix("singapay-bench-").tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cluster = Cluster::open(&dir.path().join("pg"), true).expect("cluster");
-    cluster.start().expect("start PostgreSQL");
+    let bench = common::BenchCluster::start("singapay-bench-");
+    let cluster = bench.cluster.clone();
+    let dir = bench.path();
     let pid_file = std::fs::read_to_string(cluster.data_dir().join("postmaster.pid")).unwrap();
     POSTMASTER.set(pid_file.lines().next().unwrap().trim().parse().unwrap()).unwrap();
-    struct StopCluster(Cluster);
-    impl Drop for StopCluster {
-        fn drop(&mut self) {
-            let _ = self.0.stop();
-        }
-    }
-    let _stop = StopCluster(cluster.clone());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(embedded_pg::ensure_database(&cluster, "bench")).unwrap();
     let url = cluster.url("bench");
@@ -468,13 +461,13 @@ fn main() {
         row(&format!("receiver, {clients} clients"), stats);
         return;
     }
-    pgbench(&cluster, &url, n / 10, 1, 16, &dir.path().join("warm1"));
-    pgbench(&cluster, &url, n / 10, 32, 16, &dir.path().join("warm32"));
+    pgbench(&cluster, &url, n / 10, 1, 16, &dir.join("warm1"));
+    pgbench(&cluster, &url, n / 10, 32, 16, &dir.join("warm32"));
 
     let c16 = rt.block_on(load(port, pid, fresh(n, &disbursement), 16));
     let c64 = rt.block_on(load(port, pid, fresh(n, &disbursement), 64));
-    let pg1 = pgbench(&cluster, &url, n, 1, 16, &dir.path().join("k1"));
-    let pg32 = pgbench(&cluster, &url, n, 32, 16, &dir.path().join("k32"));
+    let pg1 = pgbench(&cluster, &url, n, 1, 16, &dir.join("k1"));
+    let pg32 = pgbench(&cluster, &url, n, 32, 16, &dir.join("k32"));
     let storm_request = fresh(1, &disbursement).pop().unwrap();
     let storm = rt.block_on(load(port, pid, vec![storm_request; n], 64));
     let kinds: [&dyn Fn(usize) -> String; 4] = [&va_payment, &disbursement, &expiration_sweep, &unknown];

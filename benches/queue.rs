@@ -17,12 +17,14 @@
 //! - 4 consumers, claim 100 + `ack_events`, until the queue is empty: events/s;
 //! - 4 consumers, claim 100 + `ack_event` per event (the previously documented loop).
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use singapay_webhooks::embedded_pg::{self, Cluster};
+use singapay_webhooks::embedded_pg;
 use singapay_webhooks::queue;
 use singapay_webhooks::store::MIGRATOR;
 use sqlx::postgres::PgPoolOptions;
@@ -222,22 +224,13 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut rows = Vec::new();
     for finished in sizes {
-        let dir = tempfile::Builder::new().prefix("singapay-queue-bench-").tempdir().unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut cluster = Cluster::open(&dir.path().join("pg"), true).expect("cluster");
-        cluster.start().expect("start PostgreSQL");
-        struct StopCluster(Cluster);
-        impl Drop for StopCluster {
-            fn drop(&mut self) {
-                let _ = self.0.stop();
-            }
-        }
-        let _stop = StopCluster(cluster.clone());
+        let bench = common::BenchCluster::start("singapay-queue-bench-");
+        let cluster = bench.cluster.clone();
+        let dir = bench.path();
         let row = rt.block_on(async {
             embedded_pg::ensure_database(&cluster, "bench").await.unwrap();
             let pool = PgPoolOptions::new().max_connections(6).connect(&cluster.url("bench")).await.unwrap();
-            migrate_before(&pool, &dir.path().join("old-migrations")).await;
+            migrate_before(&pool, &dir.join("old-migrations")).await;
             let filled = Instant::now();
             fill_finished(&pool, finished / TRANSACTIONS).await;
             sqlx::query("VACUUM ANALYZE singapay.transaction_events").execute(&pool).await.unwrap();

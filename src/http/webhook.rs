@@ -348,7 +348,9 @@ fn verify(state: &AppState, arrival: &Arrival, raw: &[u8], body: &Body, notes: &
     Ok(verified)
 }
 
-/// What the body says; an authentic body that is not a JSON object is refused.
+/// What the body says; an authentic body that is not a JSON object is refused, and so is
+/// one with a lone UTF-16 surrogate escape (`"\ud800"`), which PHP's `json_decode` refuses
+/// as it refuses invalid UTF-8.
 fn classify(signed: Signed, body: &Body, notes: &Notes) -> Result<Delivery, ApiError> {
     let Some(object) = body.object() else {
         let why = match &body.parsed {
@@ -357,6 +359,9 @@ fn classify(signed: Signed, body: &Body, notes: &Notes) -> Result<Delivery, ApiE
         };
         return Err(ApiError::InvalidBody(why));
     };
+    if body.parsed.as_ref().is_ok_and(|p| !p.php_decodable) {
+        return Err(ApiError::InvalidBody("a lone UTF-16 surrogate escape, which PHP's json_decode refuses".into()));
+    }
     let classification = webhook::classify(object);
     notes.note(|f| {
         f.webhook_type = Some(classification.webhook_type.as_str());

@@ -66,15 +66,20 @@ impl WebhookType {
         Self::ALL.into_iter().find(|t| t.as_str() == name)
     }
 
-    /// The SDKs' algorithm: exact name; `_` → `-`; known prefixes; with no usable `event`,
-    /// the payment-link payload shape.
+    /// The SDKs' algorithm: exact name; `_` → `-`; known prefixes; with no usable or no
+    /// known `event`, the payment-link payload shape.
     pub fn detect(body: &Value) -> WebhookType {
+        let pl_type = body.at(&["data", "transaction", "type"]).and_then(Value::as_str) == Some("pl");
+        let pl_method = body.at(&["data", "payment", "method"]).and_then(Value::as_str) == Some("payment_link");
+        let by_shape = if pl_type || pl_method { WebhookType::PaymentLinkTransaction } else { WebhookType::Unknown };
         let event = body.get("event").and_then(Value::as_str).map(str::trim).filter(|e| !e.is_empty());
-        let Some(event) = event else {
-            let pl_type = body.at(&["data", "transaction", "type"]).and_then(Value::as_str) == Some("pl");
-            let pl_method = body.at(&["data", "payment", "method"]).and_then(Value::as_str) == Some("payment_link");
-            return if pl_type || pl_method { WebhookType::PaymentLinkTransaction } else { WebhookType::Unknown };
-        };
+        match event.map(Self::by_event) {
+            Some(WebhookType::Unknown) | None => by_shape,
+            Some(t) => t,
+        }
+    }
+
+    fn by_event(event: &str) -> WebhookType {
         let lower = event.to_ascii_lowercase();
         if let Some(t) = Self::from_name(&lower) {
             return t;
@@ -510,6 +515,21 @@ mod tests {
             let v = parse(format!(r#"{{"event":"{event}"}}"#).as_bytes()).unwrap().value;
             assert_eq!(WebhookType::detect(&v), want, "{event}");
         }
+    }
+
+    #[test]
+    fn payment_link_with_an_unknown_event_is_recognised_by_shape() {
+        for event in [r#""payment-link.something-new""#, r#""""#, "42"] {
+            let c = classify_str(&format!(
+                r#"{{"event":{event},"data":{{"transaction":{{"type":"pl","reff_no":"R2","status":"paid"}}}}}}"#
+            ));
+            assert_eq!(c.webhook_type, WebhookType::PaymentLinkTransaction, "{event}");
+            assert_eq!(c.single().unwrap().transaction_key, "payment_link:R2");
+        }
+        let c = classify_str(r#"{"event":"pl-v9","data":{"payment":{"method":"payment_link"}}}"#);
+        assert_eq!(c.webhook_type, WebhookType::PaymentLinkTransaction);
+        let c = classify_str(r#"{"event":"something-else","data":{"transaction":{"type":"va"}}}"#);
+        assert_eq!(c.webhook_type, WebhookType::Unknown);
     }
 
     #[test]

@@ -43,17 +43,7 @@ async fn signed_callback(server: &Server, secret: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_and_idle_keep_alive_connections_are_closed_at_their_deadline() {
-    let (db_url, _db) = fresh_database().await;
-    let secret = format!("cs_{}", random_hex(8));
-    let (server, _) = process::serve_ready(&["serve"], |port| {
-        env(&[
-            ("DATABASE_URL", &db_url),
-            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
-            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-            ("HEADER_READ_TIMEOUT_SECS", "1"),
-        ])
-    })
-    .await;
+    let (server, secret, _db) = process::serve_fresh(&[("HEADER_READ_TIMEOUT_SECS", "1")]).await;
     let addr = ("127.0.0.1", server.port);
     // Slowloris: a header that never ends, one byte now and then.
     let mut slow = TcpStream::connect(addr).await.unwrap();

@@ -694,16 +694,7 @@ async fn secrets_from_files_and_a_dot_env_configure_serve() {
 /// at once with the gauges as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_scrapes_ask_postgres_for_the_queue_depth_once() {
-    let (db_url, db) = fresh_database().await;
-    let secret = format!("cs_{}", random_hex(8));
-    let (server, _) = process::serve_ready(&["serve"], |port| {
-        env(&[
-            ("DATABASE_URL", &db_url),
-            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
-            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-        ])
-    })
-    .await;
+    let (server, _secret, db) = process::serve_fresh(&[]).await;
     let mut lock = db.begin().await.unwrap();
     sqlx::query("LOCK TABLE singapay.transaction_events IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
     let url = server.url("/metrics");
@@ -734,16 +725,7 @@ async fn concurrent_scrapes_ask_postgres_for_the_queue_depth_once() {
 /// is a figure for a benchmark, not for a test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_large_unauthenticated_bodies_keeps_memory_bounded() {
-    let (db_url, _db) = fresh_database().await;
-    let secret = format!("cs_{}", random_hex(8));
-    let (server, _) = process::serve_ready(&["serve"], |port| {
-        env(&[
-            ("DATABASE_URL", &db_url),
-            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
-            ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
-        ])
-    })
-    .await;
+    let (server, secret, _db) = process::serve_fresh(&[]).await;
     // Just under MAX_BODY_BYTES (1 MiB) of `[0,0,…]`: the cheapest body to send and among
     // the dearest to parse.
     let array = format!("[{}0]", "0,".repeat(520_000));

@@ -110,6 +110,22 @@ pub async fn serve_ready(
     panic!("no free port in 5 tries: {last}");
 }
 
+/// `serve` on a new migrated database with a random secret and `extra` settings, ready.
+/// Returns the server, its secret and the database.
+pub async fn serve_fresh(extra: &[(&str, &str)]) -> (Server, String, sqlx::PgPool) {
+    let (db_url, db) = crate::helpers::fresh_database().await;
+    let secret = format!("cs_{}", crate::helpers::random_hex(8));
+    let (server, _) = serve_ready(&["serve"], |port| {
+        let listen = format!("127.0.0.1:{port}");
+        let mut vars =
+            env(&[("DATABASE_URL", &db_url), ("SINGAPAY_WEBHOOK_SECRETS", &secret), ("LISTEN_ADDR", &listen)]);
+        vars.extend(env(extra));
+        vars
+    })
+    .await;
+    (server, secret, db)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

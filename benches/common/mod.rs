@@ -1,0 +1,34 @@
+//! What every benchmark starts from: a throwaway durable PostgreSQL cluster (fsync on).
+
+use singapay_webhooks::embedded_pg::Cluster;
+
+/// A started cluster in a temporary directory; stopped and removed when dropped.
+pub struct BenchCluster {
+    pub cluster: Cluster,
+    // Dropped after the cluster has stopped (fields drop in order: see `Drop`).
+    _dir: tempfile::TempDir,
+}
+
+impl BenchCluster {
+    pub fn start(prefix: &str) -> BenchCluster {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        // The server runs as an unprivileged user, which must reach the data directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cluster = Cluster::open(&dir.path().join("pg"), true).expect("cluster");
+        cluster.start().expect("start PostgreSQL");
+        BenchCluster { cluster, _dir: dir }
+    }
+
+    /// A directory for the benchmark's own files (not every benchmark has any).
+    #[allow(dead_code)]
+    pub fn path(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+}
+
+impl Drop for BenchCluster {
+    fn drop(&mut self) {
+        let _ = self.cluster.stop();
+    }
+}
