@@ -185,15 +185,7 @@ fn clock_ticks() -> f64 {
     out.and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
+use common::peak_rss_mib;
 
 /// Sends every request over `clients` keep-alive connections; all must be answered 200.
 async fn load(port: u16, pid: u32, requests: Vec<Vec<u8>>, clients: usize) -> Stats {

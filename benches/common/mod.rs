@@ -32,3 +32,15 @@ impl Drop for BenchCluster {
         let _ = self.cluster.stop();
     }
 }
+
+/// A process's peak resident memory (`VmHWM`), MiB.
+#[allow(dead_code)]
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
