@@ -401,11 +401,39 @@ fn diagnose(
             }
         }
     }
+    let signer = req.partner_id.map_or("X-PARTNER-ID not sent".to_owned(), |p| format!("X-PARTNER-ID {p}"));
+    // PHP cannot put the body in its form at all: no PHP signer can have signed that form,
+    // and the receiver refuses the body before its signature (400 invalid_body).
+    let undecodable = match &body.parsed {
+        Err(e) => Some(e.to_string()),
+        Ok(p) if !p.php_decodable => Some("a lone UTF-16 surrogate escape, which PHP's json_decode refuses".to_owned()),
+        Ok(_) => None,
+    };
+    if let Some(why) = undecodable {
+        return (
+            "body",
+            format!(
+                "PHP's pipeline cannot decode this body ({why}), so it has no php form and only a signature over its exact bytes could match; Singapay signs the php form"
+            ),
+        );
+    }
+    // PHP rewrites this body (numbers, {}, lists of 11+ items, escapes): a signer whose
+    // canonical form differs from PHP's there is as likely as a missing secret.
+    if let (Some(php), Some(sorted)) = (body.php.as_deref(), body.sorted()) {
+        if php != sorted {
+            return (
+                "secret_or_body_form",
+                format!(
+                    "no configured secret signs this request in any form. Either the Client Secret of the credential that signed ({signer}) is missing from SINGAPAY_WEBHOOK_SECRETS, or the signer's canonical form differs from PHP's where PHP rewrites this body (numbers, {{}}, lists of 11+ items, escapes); the php form computed here is {}",
+                    preview(php.as_bytes())
+                ),
+            );
+        }
+    }
     (
         "secret",
         format!(
-            "no configured secret signs this request in any form; most likely the Client Secret of the credential that signed ({}) is missing from SINGAPAY_WEBHOOK_SECRETS, otherwise the body was altered after signing",
-            req.partner_id.map_or("X-PARTNER-ID not sent".to_owned(), |p| format!("X-PARTNER-ID {p}"))
+            "no configured secret signs this request in any form; most likely the Client Secret of the credential that signed ({signer}) is missing from SINGAPAY_WEBHOOK_SECRETS, otherwise the body was altered after signing"
         ),
     )
 }

@@ -330,3 +330,59 @@ fn mutated_bodies_never_panic() {
         }
     }
 }
+
+/// `verify`'s explanation names what is actually wrong with bodies PHP rewrites or refuses,
+/// not the secret: the float-tie vectors verify (the php form is PHP's), and a body nested
+/// deeper than PHP decodes, or with a lone surrogate, is blamed on its body.
+#[test]
+fn verify_blames_the_body_not_the_secret_where_php_rewrites_or_refuses_it() {
+    use singapay_webhooks::singapay::explain::{explain, Request, Verdict};
+    for v in load_vectors().into_iter().filter(|v| v.name.starts_with("tie/") || v.name.starts_with("depth/")) {
+        let Some(sig) = v.canonical_signature.clone() else { continue };
+        let auth = format!("Bearer {}", v.access_token);
+        let req = Request {
+            endpoint: &v.endpoint,
+            signature: Some(sig.as_bytes()),
+            timestamp: Some(v.timestamp.as_bytes()),
+            authorization: Some(auth.as_bytes()),
+            partner_id: None,
+            body: v.raw_body.as_bytes(),
+        };
+        let report = explain(&req, &[credential("vec", &v.secret)], v.timestamp.parse().unwrap(), 300);
+        assert!(matches!(report.verdict, Verdict::Match { .. }), "{}: {}", v.name, report.text);
+    }
+    let deep = format!("{{\"data\":{}1{}}}", "[".repeat(600), "]".repeat(600));
+    let forged = "0".repeat(128);
+    for body in [deep.as_str(), r#"{"s":"\ud800"}"#] {
+        let req = Request {
+            endpoint: "/webhooks/singapay",
+            signature: Some(forged.as_bytes()),
+            timestamp: Some(b"1774320000"),
+            authorization: Some(b"Bearer t"),
+            partner_id: None,
+            body: body.as_bytes(),
+        };
+        let report = explain(&req, &[credential("c", "a-secret-long-enough")], 1_774_320_000, 300);
+        match report.verdict {
+            Verdict::Mismatch { component, detail } => {
+                assert_eq!(component, "body", "{detail}");
+                assert!(!detail.contains("most likely the Client Secret"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A body PHP rewrites (a float, an empty object) signed in some other form: the secret
+    // is not named as the most likely cause, and the php form is shown.
+    let req = Request {
+        endpoint: "/webhooks/singapay",
+        signature: Some(forged.as_bytes()),
+        timestamp: Some(b"1774320000"),
+        authorization: Some(b"Bearer t"),
+        partner_id: None,
+        body: br#"{"rate":10000.00,"meta":{}}"#,
+    };
+    let report = explain(&req, &[credential("c", "a-secret-long-enough")], 1_774_320_000, 300);
+    let Verdict::Mismatch { component, detail } = report.verdict else { panic!("{}", report.text) };
+    assert_eq!(component, "secret_or_body_form");
+    assert!(detail.contains(r#"{"meta":[],"rate":10000}"#), "{detail}");
+}
