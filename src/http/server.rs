@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let silent = Arc::new(Silent::default());
     let graceful = GracefulShutdown::new();
-    let mut warned: Option<Instant> = None;
+    let mut warnings = Warnings::default();
     let mut next_id = 0u64;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
@@ -70,7 +70,7 @@ pub async fn serve(
             Ok(slot) => slot,
             Err(_) => {
                 counter!(metric::CONNECTION_LIMIT_HITS).increment(1);
-                warn_now_and_then(&mut warned, "connection limit reached; closing connections that sent nothing");
+                warnings.warn("connection limit reached; closing connections that sent nothing");
                 silent.evict_oldest();
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -85,7 +85,7 @@ pub async fn serve(
                     // Out of descriptors (EMFILE/ENFILE) or a connection reset before it was
                     // accepted: make room if we can, else pause briefly; carry on.
                     counter!(metric::ACCEPT_ERRORS).increment(1);
-                    warn_now_and_then(&mut warned, &format!("accepting a connection failed: {e}"));
+                    warnings.warn(&format!("accepting a connection failed: {e}"));
                     if !silent.evict_oldest() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -130,16 +130,23 @@ pub async fn serve(
     Ok(())
 }
 
-/// A warning at most every ten seconds, however often the cause recurs.
-fn warn_now_and_then(last: &mut Option<Instant>, message: &str) {
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-        return;
+/// Warnings at most every ten seconds, however often their causes recur; the next one
+/// says how many were left out.
+#[derive(Default)]
+struct Warnings {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Warnings {
+    fn warn(&mut self, message: &str) {
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            self.suppressed += 1;
+            return;
+        }
+        self.last = Some(Instant::now());
+        tracing::warn!(repeats_since_last_warning = std::mem::take(&mut self.suppressed), "{message}");
     }
-    *last = Some(Instant::now());
-    let repeats = SUPPRESSED.swap(0, Ordering::Relaxed);
-    tracing::warn!(repeats_since_last_warning = repeats, "{message}");
 }
 
 /// The connection's socket, which leaves the silent list once the client has sent a byte.

@@ -308,25 +308,22 @@ fn dashboard_test(raw: &[u8]) -> Result<Answer, ApiError> {
 /// than PHP's `json_decode` goes is refused whatever it was signed over: no PHP signer can
 /// have produced it.
 async fn analyse(raw: Vec<u8>, state: &AppState) -> Result<(Vec<u8>, Body), ApiError> {
-    let (raw, body) = analyse_bounded(raw, state).await?;
+    let (raw, body) = if raw.len() <= ANALYSE_INLINE_MAX {
+        let body = Body::analyse(&raw);
+        (raw, body)
+    } else {
+        let _turn = state.analysis.acquire().await.map_err(|_| ApiError::Internal)?;
+        tokio::task::spawn_blocking(move || {
+            let body = Body::analyse(&raw);
+            (raw, body)
+        })
+        .await
+        .map_err(|_| ApiError::Internal)?
+    };
     if let Err(e @ crate::singapay::json::ParseError::TooDeep) = &body.parsed {
         return Err(ApiError::InvalidBody(e.to_string()));
     }
     Ok((raw, body))
-}
-
-async fn analyse_bounded(raw: Vec<u8>, state: &AppState) -> Result<(Vec<u8>, Body), ApiError> {
-    if raw.len() <= ANALYSE_INLINE_MAX {
-        let body = Body::analyse(&raw);
-        return Ok((raw, body));
-    }
-    let _turn = state.analysis.acquire().await.map_err(|_| ApiError::Internal)?;
-    tokio::task::spawn_blocking(move || {
-        let body = Body::analyse(&raw);
-        (raw, body)
-    })
-    .await
-    .map_err(|_| ApiError::Internal)
 }
 
 fn verify(state: &AppState, arrival: &Arrival, raw: &[u8], body: &Body, notes: &Notes) -> Result<Verified, ApiError> {
@@ -359,8 +356,8 @@ fn classify(signed: Signed, body: &Body, notes: &Notes) -> Result<Delivery, ApiE
         };
         return Err(ApiError::InvalidBody(why));
     };
-    if body.parsed.as_ref().is_ok_and(|p| !p.php_decodable) {
-        return Err(ApiError::InvalidBody("a lone UTF-16 surrogate escape, which PHP's json_decode refuses".into()));
+    if let Some(why) = body.php_refusal() {
+        return Err(ApiError::InvalidBody(why));
     }
     let classification = webhook::classify(object);
     notes.note(|f| {

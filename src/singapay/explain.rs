@@ -199,10 +199,7 @@ pub fn explain(req: &Request<'_>, credentials: &[Credential], now: i64, toleranc
     match &body.php {
         Some(p) => cands.forms.push((BodyForm::Php, p.as_bytes().to_vec())),
         None => {
-            let why = match &body.parsed {
-                Err(e) => e.to_string(),
-                Ok(_) => "PHP's json_decode/json_encode would fail on it".to_owned(),
-            };
+            let why = body.php_refusal().unwrap_or_else(|| "PHP's json_encode would fail on it".to_owned());
             let _ = writeln!(t, "  php    : none ({why})");
         }
     }
@@ -404,12 +401,7 @@ fn diagnose(
     let signer = req.partner_id.map_or("X-PARTNER-ID not sent".to_owned(), |p| format!("X-PARTNER-ID {p}"));
     // PHP cannot put the body in its form at all: no PHP signer can have signed that form,
     // and the receiver refuses the body before its signature (400 invalid_body).
-    let undecodable = match &body.parsed {
-        Err(e) => Some(e.to_string()),
-        Ok(p) if !p.php_decodable => Some("a lone UTF-16 surrogate escape, which PHP's json_decode refuses".to_owned()),
-        Ok(_) => None,
-    };
-    if let Some(why) = undecodable {
+    if let Some(why) = body.php_refusal() {
         return (
             "body",
             format!(

@@ -50,6 +50,17 @@ impl Body {
         Sha256::digest(bytes).into()
     }
 
+    /// Why PHP's `json_decode` refuses this body — not JSON, not UTF-8, nested deeper than
+    /// PHP goes, or a lone UTF-16 surrogate escape — or `None` when PHP decodes it (its
+    /// `json_encode` may still fail, on a number that overflowed to INF).
+    pub fn php_refusal(&self) -> Option<String> {
+        match &self.parsed {
+            Err(e) => Some(e.to_string()),
+            Ok(p) if !p.php_decodable => Some("a lone UTF-16 surrogate escape, which PHP's json_decode refuses".into()),
+            Ok(_) => None,
+        }
+    }
+
     /// The body as a JSON object, if it is one.
     pub fn object(&self) -> Option<&json::Value> {
         self.parsed.as_ref().ok().map(|p| &p.value).filter(|v| v.is_object())

@@ -131,16 +131,29 @@ pub fn check_headers(headers: SignedHeaders<'_>) -> Result<bool, VerifyError> {
     if headers.signature.is_none() && headers.timestamp.is_none() && headers.authorization.is_none() {
         return Ok(false);
     }
-    let (Some(_), Some(ts_raw), Some(auth)) =
+    present(headers).map(|_| true)
+}
+
+/// The three signed headers, present and well-formed.
+struct Present<'a> {
+    signature: &'a [u8],
+    /// X-Timestamp as sent (it is signed as text).
+    timestamp_text: &'a [u8],
+    token: &'a [u8],
+    timestamp: u64,
+}
+
+fn present(headers: SignedHeaders<'_>) -> Result<Present<'_>, VerifyError> {
+    let (Some(sig_hex), Some(ts_raw), Some(auth)) =
         (non_empty(headers.signature), non_empty(headers.timestamp), non_empty(headers.authorization))
     else {
         return Err(VerifyError::MissingHeaders);
     };
-    if bearer_token(auth).is_empty() {
+    let token = bearer_token(auth);
+    if token.is_empty() {
         return Err(VerifyError::MissingHeaders);
     }
-    parse_timestamp(ts_raw)?;
-    Ok(true)
+    Ok(Present { signature: sig_hex, timestamp_text: ts_raw, token, timestamp: parse_timestamp(ts_raw)? })
 }
 
 /// Parses X-Timestamp: ASCII digits only, at most 19 of them.
@@ -197,16 +210,7 @@ pub fn verify(
     now_secs: i64,
     tolerance_secs: u64,
 ) -> Result<Verified, VerifyError> {
-    let (Some(sig_hex), Some(ts_raw), Some(auth)) =
-        (non_empty(headers.signature), non_empty(headers.timestamp), non_empty(headers.authorization))
-    else {
-        return Err(VerifyError::MissingHeaders);
-    };
-    let token = bearer_token(auth);
-    if token.is_empty() {
-        return Err(VerifyError::MissingHeaders);
-    }
-    let timestamp = parse_timestamp(ts_raw)?;
+    let Present { signature: sig_hex, timestamp_text: ts_raw, token, timestamp } = present(headers)?;
     // Hex decoding accepts either case, so the comparison below is case-insensitive; a
     // value that is not 64 bytes of hex can match nothing.
     let Ok(received) = hex::decode(sig_hex) else {
