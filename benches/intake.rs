@@ -63,6 +63,23 @@ struct Stats {
     pg_us: f64,
 }
 
+/// Each figure's median over several runs of one scenario.
+fn median_of(runs: &[Stats]) -> Stats {
+    let median = |f: fn(&Stats) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    Stats {
+        per_sec: median(|s| s.per_sec),
+        p50_ms: median(|s| s.p50_ms),
+        p99_ms: median(|s| s.p99_ms),
+        cpu_us: median(|s| s.cpu_us),
+        batch: median(|s| s.batch),
+        pg_us: median(|s| s.pg_us),
+    }
+}
+
 /// The cluster's postmaster, for its CPU time.
 static POSTMASTER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
@@ -405,6 +422,19 @@ fn main() {
     rt.block_on(embedded_pg::ensure_database(&cluster, "bench")).unwrap();
     let url = cluster.url("bench");
 
+    // BENCH_PG_LOG=path: every statement's duration from here on, in PostgreSQL's log,
+    // copied to that path at the end.
+    let _copy = std::env::var_os("BENCH_PG_LOG").map(|log| {
+        rt.block_on(async {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+            sqlx::query("ALTER SYSTEM SET log_min_duration_statement = 0").execute(&mut c).await.unwrap();
+            sqlx::query("SELECT pg_reload_conf()").execute(&mut c).await.unwrap();
+        });
+        let source = cluster.root.join("postgres.log");
+        Defer(Box::new(move || {
+            let _ = std::fs::copy(&source, &log);
+        }))
+    });
     // BENCH_BINARY measures another build (e.g. in BENCH_QUICK mode, alternating runs).
     let binary = std::env::var("BENCH_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_singapay-webhooks").to_owned());
     let server = Receiver::start(&rt, &binary, &url);
@@ -427,25 +457,51 @@ fn main() {
     // Warm-up on both sides.
     rt.block_on(load(port, pid, fresh(n / 10, &disbursement), 16));
     checkpoint("bench");
-    let idle = rt.block_on(load(port, pid, fresh(n / 20, &disbursement), 1));
+
+    // The previous build, on a database of its own in the same cluster, started now so that
+    // one-client latency is measured in alternating rounds: this machine's speed drifts
+    // over minutes, which a before-and-after comparison would take for the code's.
+    let old = std::env::var("BENCH_BASELINE_BIN").ok().map(|bin| {
+        let db = "baseline";
+        rt.block_on(embedded_pg::ensure_database(&cluster, db)).unwrap();
+        let old = Receiver::start(&rt, &bin, &cluster.url(db));
+        let mut i = 10_000_000;
+        let make = move |count: usize| {
+            let start = i;
+            i += count;
+            signed((start..start + count).map(|j| (j, disbursement(j))))
+        };
+        (old, make)
+    });
+    let mut old = old.map(|(old, mut make)| {
+        rt.block_on(load(old.port, old.pid(), make(n / 10), 16));
+        checkpoint("baseline");
+        (old, make)
+    });
+    const ROUNDS: usize = 10;
+    let (idle, idle_old) = match &mut old {
+        None => (rt.block_on(load(port, pid, fresh(n / 20, &disbursement), 1)), None),
+        Some((old, make)) => {
+            let (mut new_rounds, mut old_rounds) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                new_rounds.push(rt.block_on(load(port, pid, fresh(n / 20 / ROUNDS, &disbursement), 1)));
+                old_rounds.push(rt.block_on(load(old.port, old.pid(), make(n / 20 / ROUNDS), 1)));
+            }
+            let ratios: Vec<f64> = new_rounds.iter().zip(&old_rounds).map(|(a, b)| a.p50_ms / b.p50_ms).collect();
+            (median_of(&new_rounds), Some((median_of(&old_rounds), ratios)))
+        }
+    };
     if let Some(quick) = std::env::var_os("BENCH_QUICK") {
         // Only one figure, for trying settings: BENCH_QUICK=idle (one client) or anything
         // else (64 clients).
         let clients = if quick == "idle" { 1 } else { 64 };
-        if let Some(log) = std::env::var_os("BENCH_PG_LOG") {
-            // Every statement's duration in PostgreSQL's log, copied to this path afterwards.
-            rt.block_on(async {
-                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-                sqlx::query("ALTER SYSTEM SET log_min_duration_statement = 0").execute(&mut c).await.unwrap();
-                sqlx::query("SELECT pg_reload_conf()").execute(&mut c).await.unwrap();
-            });
-            let source = cluster.root.join("postgres.log");
-            let _copy = Defer(Box::new(move || {
-                let _ = std::fs::copy(&source, &log);
-            }));
-            let count = if clients == 1 { n / 20 } else { n };
-            let stats = rt.block_on(load(port, pid, fresh(count, &disbursement), clients));
-            row(&format!("receiver, {clients} clients"), stats);
+        if clients == 1 {
+            row("receiver, 1 client", idle);
+            if let Some((idle_old, mut ratios)) = idle_old {
+                row("baseline binary, 1 client", idle_old);
+                ratios.sort_by(f64::total_cmp);
+                println!("idle p50 ratios, sorted: {ratios:.2?}");
+            }
             return;
         }
         let count = if clients == 1 { n / 20 } else { n };
@@ -469,21 +525,10 @@ fn main() {
     let complaints = server.complaints.lock().unwrap().clone();
     drop(server);
 
-    let baseline = std::env::var("BENCH_BASELINE_BIN").ok().map(|bin| {
-        let db = "baseline";
-        rt.block_on(embedded_pg::ensure_database(&cluster, db)).unwrap();
-        let old = Receiver::start(&rt, &bin, &cluster.url(db));
-        let mut i = 10_000_000;
-        let mut make = |count: usize| {
-            let start = i;
-            i += count;
-            signed((start..start + count).map(|j| (j, disbursement(j))))
-        };
-        rt.block_on(load(old.port, old.pid(), make(n / 10), 16));
-        checkpoint(db);
-        let idle_old = rt.block_on(load(old.port, old.pid(), make(n / 20), 1));
+    let baseline = old.map(|(old, mut make)| {
         let c64_old = rt.block_on(load(old.port, old.pid(), make(n), 64));
-        (idle_old, c64_old, peak_rss_mib(old.pid()))
+        let (idle_old, ratios) = idle_old.unwrap();
+        (idle_old, ratios, c64_old, peak_rss_mib(old.pid()))
     });
 
     println!("\nintake benchmark: {n} callbacks per scenario, durable PostgreSQL (fsync on), same machine and run");
@@ -501,16 +546,18 @@ fn main() {
         "-".repeat(10),
         "-".repeat(8)
     );
-    row("receiver, 1 client (one at a time)", idle);
+    let idle_name =
+        if baseline.is_some() { "receiver, 1 client (median of rounds)" } else { "receiver, 1 client (one at a time)" };
+    row(idle_name, idle);
     row("receiver, 16 clients", c16);
     row("receiver, 64 clients", c64);
     row("receiver, 64 clients, retry storm (1 content)", storm);
     row("receiver, 64 clients, mixed stream", mixed);
     row("pgbench, 16 clients, 1 callback/transaction", pg1);
     row("pgbench, 16 clients, 32 callbacks/transaction", pg32);
-    if let Some((idle_old, c64_old, _)) = baseline {
-        row("baseline binary, 1 client", idle_old);
-        row("baseline binary, 64 clients", c64_old);
+    if let Some((idle_old, _, c64_old, _)) = &baseline {
+        row("baseline binary, 1 client (median of rounds)", *idle_old);
+        row("baseline binary, 64 clients", *c64_old);
     }
     println!("receiver peak RSS (VmHWM): {rss:.1} MiB");
     println!("receiver warnings and errors during the run: {}", complaints.len());
@@ -522,10 +569,13 @@ fn main() {
         c64.per_sec / pg32.per_sec,
         c64.per_sec / pg1.per_sec
     );
-    if let Some((idle_old, c64_old, rss_old)) = baseline {
+    if let Some((_, mut ratios, c64_old, rss_old)) = baseline {
+        ratios.sort_by(f64::total_cmp);
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         println!(
-            "against the baseline binary: idle p50 {:.2}, throughput@64 {:.2}, peak RSS {rss_old:.1} MiB",
-            idle.p50_ms / idle_old.p50_ms,
+            "against the baseline binary: idle p50 {:.2} (median of {ROUNDS} alternating rounds; each: {}), throughput@64 {:.2}, peak RSS {rss_old:.1} MiB",
+            percentile(&ratios, 0.5),
+            shown.join(" "),
             c64.per_sec / c64_old.per_sec
         );
     }

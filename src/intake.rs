@@ -104,6 +104,10 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, batch_max:
         histogram!(metric::INTAKE_BATCH_SIZE).record(jobs.len() as f64);
         let (writes, replies): (Vec<Write>, Vec<_>) = jobs.drain(..).map(|j| (j.write, j.reply)).unzip();
         if commit(&pool, &writes, replies).await {
+            // The answered requests run first: the wake-up is not worth a moment of their
+            // latency. (Woken last, the waker would take their place at the head of this
+            // worker's queue.)
+            tokio::task::yield_now().await;
             // Full means a wake-up is already pending; it will cover these events too.
             let _ = wake.try_send(());
         }
