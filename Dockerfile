@@ -13,7 +13,9 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && rm -rf src
 COPY src ./src
 COPY migrations ./migrations
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin singapay-webhooks
+# Stripped here only: local release builds keep their symbols for `perf`.
+RUN touch src/main.rs src/lib.rs \
+    && CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --bin singapay-webhooks
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/singapay-webhooks /usr/local/bin/singapay-webhooks
@@ -21,9 +23,16 @@ USER nonroot:nonroot
 ENV LISTEN_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json
 EXPOSE 8080
-# /readyz: Postgres reachable and migrations applied.
+# Liveness (/healthz): the process answers. Not readiness: a Postgres outage, which the
+# receiver rides out (503 + Retry-After, Singapay retries), or a drain after SIGTERM must
+# not get the container restarted. Load balancers and Kubernetes probe /readyz themselves.
 HEALTHCHECK --interval=15s --timeout=6s --start-period=20s --retries=3 \
-    CMD ["/usr/local/bin/singapay-webhooks", "healthcheck"]
+    CMD ["/usr/local/bin/singapay-webhooks", "healthcheck", "--live"]
+# SIGTERM drains for SHUTDOWN_DRAIN_SECS (15 s), then waits up to SHUTDOWN_TIMEOUT_SECS
+# (25 s) for in-flight callbacks: give `docker stop` / the orchestrator 45 s.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/singapay-webhooks"]
-# Migrations are applied by `migrate` (or by `serve --migrate`, as docker-compose.yml does).
-CMD ["serve"]
+# Applies pending migrations (under a lock, so replicas starting together are safe), then
+# serves. Operators who migrate separately run the image with `serve` (callbacks are then
+# answered 503 until `migrate` has run).
+CMD ["serve", "--migrate"]

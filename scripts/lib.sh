@@ -33,3 +33,14 @@ ensure_php() {
   $sudo apt-get update -qq >&2
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-cli >&2
 }
+
+# Debian's docker-compose (1.29): the tests validate docker-compose.yml with it. Only the
+# Compose client; no container engine is needed for `config`.
+ensure_compose() {
+  command -v docker-compose >/dev/null 2>&1 && return 0
+  echo "docker-compose missing: installing Debian's docker-compose..." >&2
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >&2
+}

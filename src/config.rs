@@ -37,6 +37,12 @@ pub enum LogFormat {
 
 /// Every environment variable the program reads (`RUST_LOG` through the log filter).
 /// `.env.example` lists exactly these; a test keeps the two in step.
+/// The drain after SIGTERM unless `SHUTDOWN_DRAIN_SECS` says otherwise: long enough for a
+/// load balancer checking every 5 s to see two failed checks, with margin, and for
+/// Kubernetes to take the pod out of its endpoints. An orchestrator's grace period should
+/// cover the drain plus `SHUTDOWN_TIMEOUT_SECS`.
+pub const DEFAULT_DRAIN_SECS: u64 = 15;
+
 pub const VARIABLES: &[&str] = &[
     "DATABASE_URL",
     "DATABASE_URL_FILE",
@@ -59,6 +65,7 @@ pub const VARIABLES: &[&str] = &[
     "RUST_LOG",
     "RETENTION_DAYS",
     "SHUTDOWN_TIMEOUT_SECS",
+    "SHUTDOWN_DRAIN_SECS",
     "MAX_CONNECTIONS",
     "HEADER_READ_TIMEOUT_SECS",
     "BODY_READ_TIMEOUT_SECS",
@@ -81,6 +88,9 @@ pub struct Settings {
     pub trusted_proxy_cidrs: Option<Vec<IpNet>>,
     /// How long shutdown waits for in-flight callbacks.
     pub shutdown_timeout_secs: u64,
+    /// After SIGTERM, how long `/readyz` answers 503 while callbacks are still served, so
+    /// that load balancers stop sending here before the listener closes.
+    pub shutdown_drain_secs: u64,
     /// Open connections allowed on the callback port, and how long a request's headers may
     /// take (also the keep-alive idle timeout).
     pub connections: crate::http::server::ConnectionLimits,
@@ -120,6 +130,7 @@ impl fmt::Debug for Settings {
             .field("trusted_proxy_hops", &self.trusted_proxy_hops)
             .field("trusted_proxy_cidrs", &self.trusted_proxy_cidrs)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .field("shutdown_drain_secs", &self.shutdown_drain_secs)
             .field("connections", &self.connections)
             .field("body_read_timeout_secs", &self.body_read_timeout_secs)
             .field("webhook_path", &self.webhook_path)
@@ -228,6 +239,15 @@ impl<'a> Env<'a> {
         self.raw("LISTEN_ADDR").is_some()
     }
 
+    pub fn log_format_set(&self) -> bool {
+        self.raw("LOG_FORMAT").is_some()
+    }
+
+    /// Whether `SHUTDOWN_DRAIN_SECS` was given (`dev` drains only when asked).
+    pub fn drain_set(&self) -> bool {
+        self.raw("SHUTDOWN_DRAIN_SECS").is_some()
+    }
+
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
         match self.raw("LOG_FORMAT").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
             None | Some("json") => Ok(LogFormat::Json),
@@ -297,6 +317,7 @@ impl<'a> Env<'a> {
             trusted_proxy_hops,
             trusted_proxy_cidrs,
             shutdown_timeout_secs: self.ranged("SHUTDOWN_TIMEOUT_SECS", 25, 1, 3600)?,
+            shutdown_drain_secs: self.ranged("SHUTDOWN_DRAIN_SECS", DEFAULT_DRAIN_SECS, 0, 3600)?,
             connections: crate::http::server::ConnectionLimits {
                 max_connections: self.ranged(
                     "MAX_CONNECTIONS",
@@ -495,6 +516,7 @@ mod tests {
             ("TRUSTED_PROXY_HOPS", "1"),
             ("TRUSTED_PROXY_CIDRS", "10.0.0.0/40"),
             ("SHUTDOWN_TIMEOUT_SECS", "0"),
+            ("SHUTDOWN_DRAIN_SECS", "-1"),
             ("MAX_CONNECTIONS", "0"),
             ("HEADER_READ_TIMEOUT_SECS", "0"),
             ("BODY_READ_TIMEOUT_SECS", "soon"),

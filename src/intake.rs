@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::store::{self, BatchError, StoreError, Write, Written};
-use crate::telemetry::metric;
+use crate::telemetry::{metric, Throttled};
 
 /// How intake writes: `INTAKE_WRITERS`, `INTAKE_BATCH_MAX`, `INTAKE_QUEUE_CAPACITY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +168,17 @@ pub async fn write_batch(pool: &PgPool, writes: &[Write]) -> Vec<Result<Written,
                 todo.push(range.start..mid);
             }
             Err(e) => {
-                if e.is_transient() {
+                if let StoreError::SchemaBehind(_) = e {
+                    // An outage of its own kind, reported once a minute rather than per batch.
+                    static SCHEMA: std::sync::Mutex<Throttled> =
+                        std::sync::Mutex::new(Throttled::new(Duration::from_secs(60)));
+                    if let Some(repeats) = SCHEMA.lock().unwrap_or_else(|e| e.into_inner()).due() {
+                        tracing::warn!(
+                            repeats_since_last_warning = repeats,
+                            "the database schema is missing or behind this version: callbacks are answered 503 (Singapay retries) until `singapay-webhooks migrate` runs"
+                        );
+                    }
+                } else if e.is_transient() {
                     tracing::error!(items = range.len(), error = %e, "storage unavailable; answering 503 so Singapay retries");
                 } else {
                     tracing::error!(error = %e, "storing a delivery failed");
@@ -198,7 +208,17 @@ async fn write_with_retries(pool: &PgPool, writes: &[Write]) -> Result<Vec<Writt
                 }
                 tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
             }
-            Err(e) => return Err(StoreError::from(e)),
+            Err(e) => {
+                let e = StoreError::from(e);
+                if let StoreError::SchemaBehind(why) = &e {
+                    // Every migration applied and still a relation missing: not an
+                    // operator's pending step but a bug, answered as one.
+                    if store::migrations_applied(pool).await.unwrap_or(false) {
+                        return Err(StoreError::Internal(why.clone()));
+                    }
+                }
+                return Err(e);
+            }
         }
     }
 }

@@ -1,26 +1,35 @@
-//! Building and running the server, shared by `serve`, `dev` and the tests.
+//! Building and running the server, shared by `serve` and `dev`.
 
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::http::{admin_router, router, AppState};
 
-/// Serves callbacks on `listener` (and `/metrics` on `admin` when given) until `shutdown`
-/// resolves. Then it stops accepting, lets in-flight callbacks finish — each is either
-/// committed and answered, or rolled back and unanswered — for at most
-/// `SHUTDOWN_TIMEOUT_SECS`, and returns.
+/// Serves callbacks on `listener` (and `/metrics` on `admin` when given) until a signal.
+///
+/// On SIGTERM (an orchestrator stopping this replica) it first drains for
+/// `SHUTDOWN_DRAIN_SECS`: `/readyz` answers 503 and every response closes its connection,
+/// while callbacks are still served, so that load balancers take the replica out before it
+/// stops listening. SIGINT (Ctrl-C), or a second signal during the drain, skips the rest of
+/// it. Then it stops accepting, lets in-flight callbacks finish — each is either committed
+/// and answered, or rolled back and unanswered — for at most `SHUTDOWN_TIMEOUT_SECS`, and
+/// returns.
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut signals: Signals,
 ) -> std::io::Result<()> {
     let grace = Duration::from_secs(state.settings.shutdown_timeout_secs);
+    let drain = Duration::from_secs(state.settings.shutdown_drain_secs);
+    let draining = state.draining.clone();
     let writers = state.intake.writers();
     let (stop, stopped) = watch::channel(false);
     let when_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -40,7 +49,19 @@ pub async fn run(
         )
     });
     drop(state);
-    shutdown.await;
+    if signals.next().await == Stop::Drain && !drain.is_zero() {
+        draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            drain_secs = drain.as_secs(),
+            "SIGTERM: draining; /readyz answers 503 and callbacks are still served until the drain ends"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(drain) => {}
+            _ = signals.next() => tracing::info!("a second signal: the drain ends now"),
+        }
+    }
+    draining.store(true, Ordering::Relaxed);
+    tracing::info!("stopping: no new connections; finishing in-flight callbacks");
     let _ = stop.send(true);
     let finished = async {
         let main = main.await;
@@ -87,17 +108,32 @@ pub fn production_state(pool: PgPool, settings: Settings) -> AppState {
     state
 }
 
-/// Registers SIGTERM and SIGINT handlers now — before anything is announced, so a signal
-/// that arrives early is never fatal — and resolves when one arrives.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: drain first (`SHUTDOWN_DRAIN_SECS`), then stop.
+    Drain,
+    /// SIGINT: stop now.
+    Now,
+}
+
+/// SIGTERM and SIGINT, registered when created — before anything is announced, so that a
+/// signal that arrives early is never fatal.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Stop {
         tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+            _ = self.term.recv() => Stop::Drain,
+            _ = self.int.recv() => Stop::Now,
         }
-        tracing::info!("shutdown signal received; finishing in-flight callbacks");
-    })
+    }
 }

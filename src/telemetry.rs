@@ -1,5 +1,7 @@
-//! Logs: JSON by default (one object per line), `LOG_FORMAT=text` for people; level via
-//! `RUST_LOG`. Secrets, signatures and bearer tokens are never passed to a log call.
+//! Logs: JSON by default (one object per line), `LOG_FORMAT=text` for people (the default
+//! of `dev`); level via `RUST_LOG`. Secrets, signatures and bearer tokens are never passed to a log call.
+
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
@@ -21,8 +23,34 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colours only for a terminal, not for a file or a pipe.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
     };
+}
+
+/// A warning logged at most once per period however often its cause recurs (a flood, an
+/// outage); the next one says how many were left out.
+#[derive(Debug)]
+pub struct Throttled {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    pub const fn new(every: Duration) -> Self {
+        Throttled { every, last: None, suppressed: 0 }
+    }
+
+    /// `Some(repeats left out since the last one)` when it is time to log again.
+    pub fn due(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// For tests: output goes through the test harness's capture.

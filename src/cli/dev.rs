@@ -34,7 +34,7 @@ fn dev_secret(data_dir: &Path) -> Result<String> {
 
 pub async fn dev(mut settings: Settings, data_dir: PathBuf, listen_addr_set: bool) -> Result<()> {
     // Installed first: a Ctrl-C during start-up must still stop the cluster it started.
-    let shutdown = startup::shutdown_signal()?;
+    let signals = startup::Signals::install()?;
     fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = fs::canonicalize(&data_dir)?;
     let cluster_root = data_dir.join("postgres");
@@ -44,7 +44,7 @@ pub async fn dev(mut settings: Settings, data_dir: PathBuf, listen_addr_set: boo
         Ok(cluster)
     })
     .await??;
-    let result = run(&mut settings, &data_dir, &cluster, listen_addr_set, shutdown).await;
+    let result = run(&mut settings, &data_dir, &cluster, listen_addr_set, signals).await;
     let stopping = cluster.clone();
     let stopped = tokio::task::spawn_blocking(move || stopping.stop()).await?;
     result.and(stopped)
@@ -55,7 +55,7 @@ async fn run(
     data_dir: &Path,
     cluster: &Cluster,
     listen_addr_set: bool,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    signals: startup::Signals,
 ) -> Result<()> {
     embedded_pg::ensure_database(cluster, DATABASE).await?;
     let url = cluster.url(DATABASE);
@@ -71,25 +71,56 @@ async fn run(
         settings.listen_addr = "127.0.0.1:8080".parse().expect("valid address");
     }
     let (listener, admin) = startup::bind(settings).await.context("set LISTEN_ADDR to another port")?;
-    let addr = listener.local_addr()?;
-    let secret_line = if generated {
-        format!("SINGAPAY_WEBHOOK_SECRETS=dev={}", settings.credentials[0].secret.expose_secret())
+    let mut addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let receiver = format!("http://{addr}{}", settings.webhook_path);
+    let psql_url = cluster.url(DATABASE);
+    let secret_file = data_dir.join("dev-secret");
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    // What a second terminal needs, written fresh at every start (the ports may change).
+    let env_file = data_dir.join("dev.env");
+    let mut exports = format!(
+        "# Written by `singapay-webhooks dev` at start; `. {}` in another shell.\n\
+         export PATH={}:\"$PATH\"\n\
+         export SP_URL={}\n\
+         export PGURL={}\n",
+        sh_quote(&env_file.display().to_string()),
+        sh_quote(&exe.parent().unwrap_or(Path::new("/")).display().to_string()),
+        sh_quote(&receiver),
+        sh_quote(&psql_url),
+    );
+    if generated {
+        exports.push_str(&format!(
+            "export SINGAPAY_WEBHOOK_SECRETS={}\n",
+            sh_quote(&format!("dev={}", settings.credentials[0].secret.expose_secret()))
+        ));
+    }
+    fs::write(&env_file, exports).with_context(|| format!("writing {}", env_file.display()))?;
+    fs::set_permissions(&env_file, fs::Permissions::from_mode(0o600))?;
+    let (secret_line, send_secret) = if generated {
+        (
+            format!("SINGAPAY_WEBHOOK_SECRETS=dev={}", settings.credentials[0].secret.expose_secret()),
+            format!("SINGAPAY_WEBHOOK_SECRETS=dev=$(cat {}) ", sh_quote(&secret_file.display().to_string())),
+        )
     } else {
-        "from SINGAPAY_WEBHOOK_SECRETS".to_owned()
+        ("from SINGAPAY_WEBHOOK_SECRETS".to_owned(), String::new())
     };
     let banner = format!(
         "singapay-webhooks dev\n\
-         \x20 receiver : http://{addr}{path}  (POST; any sub-path too)\n\
+         \x20 receiver : {receiver}  (POST; any sub-path too)\n\
          \x20 secret   : {secret_line}\n\
          \x20 database : {data}  (PostgreSQL on 127.0.0.1:{port}, kept across restarts)\n\
-         \x20 psql     : psql {url}\n\
-         \x20 send     : SINGAPAY_WEBHOOK_SECRETS=dev=$(cat {secret_file}) singapay-webhooks send va-transaction --url http://{addr}{path}\n\
-         \x20 try      : psql {url} -c 'SELECT id, webhook_type, transaction_key, status, outcome FROM singapay.deliveries ORDER BY id DESC LIMIT 10'\n\
+         \x20 psql     : psql {psql_url}\n\
+         \x20 send     : {send_secret}{exe} send va-transaction --url {receiver}\n\
+         \x20 try      : psql {psql_url} -c 'SELECT id, webhook_type, transaction_key, status, outcome FROM singapay.deliveries ORDER BY id DESC LIMIT 10'\n\
+         \x20 env      : . {env}  (SP_URL, PGURL, the secret and PATH, in another shell)\n\
          Ctrl-C stops the receiver and the database.",
-        path = settings.webhook_path,
         data = cluster.root.display(),
         port = cluster.port,
-        secret_file = data_dir.join("dev-secret").display(),
+        exe = sh_quote(&exe.display().to_string()),
+        env = sh_quote(&env_file.display().to_string()),
     );
     // One write, and a closed stdout (`dev | head`) must never take the receiver down.
     {
@@ -98,8 +129,18 @@ async fn run(
         let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
     }
     let state = startup::production_state(pool.clone(), settings.clone());
-    startup::run(listener, admin, state, shutdown).await?;
+    startup::run(listener, admin, state, signals).await?;
     // As in `serve`: connections still stuck after the shutdown timeout are not waited for.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await;
     Ok(())
+}
+
+/// `text` as one shell word: unchanged when it is plainly safe, else single-quoted.
+fn sh_quote(text: &str) -> String {
+    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:@=,+%".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }

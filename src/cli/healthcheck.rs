@@ -1,5 +1,5 @@
-//! `healthcheck`: asks the local receiver's `/readyz` and exits 0 only on 200, for the
-//! container HEALTHCHECK (no curl in the image).
+//! `healthcheck`: asks the local receiver's `/readyz` (or `/healthz` with `--live`) and
+//! exits 0 only on 200, for the container HEALTHCHECK (no curl in the image).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub async fn healthcheck(listen_addr: SocketAddr) -> Result<()> {
+pub async fn healthcheck(listen_addr: SocketAddr, live: bool) -> Result<()> {
+    let path = if live { "/healthz" } else { "/readyz" };
     let mut addr = listen_addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr.ip() {
@@ -18,7 +19,8 @@ pub async fn healthcheck(listen_addr: SocketAddr) -> Result<()> {
     }
     let ask = async {
         let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await?;
         anyhow::Ok(answer)
@@ -30,6 +32,6 @@ pub async fn healthcheck(listen_addr: SocketAddr) -> Result<()> {
         Ok(())
     } else {
         let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        bail!("{addr} /readyz: {status_line} {body}")
+        bail!("{addr} {path}: {status_line} {body}")
     }
 }

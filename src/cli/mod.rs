@@ -73,7 +73,12 @@ pub enum Command {
     /// Re-run a stored or rejected delivery through classification and the state machine,
     /// with the same idempotency as live traffic.
     Replay(ReplayArgs),
-    /// Exit 0 when the local receiver (LISTEN_ADDR) answers /readyz with 200: for a
-    /// container HEALTHCHECK.
-    Healthcheck,
+    /// Exit 0 when the local receiver (LISTEN_ADDR) answers /readyz with 200 (with --live:
+    /// /healthz, the process is up), for a container HEALTHCHECK or a probe.
+    Healthcheck {
+        /// Ask /healthz (liveness) instead of /readyz: a Postgres outage or a drain, which
+        /// the receiver rides out, does not fail it. What a container HEALTHCHECK should use.
+        #[arg(long)]
+        live: bool,
+    },
 }

@@ -32,10 +32,14 @@ pub fn parse_type(s: &str) -> Result<WebhookType, String> {
     })
 }
 
+fn type_help() -> String {
+    let names: Vec<&str> = WebhookType::ALL.iter().map(|t| t.as_str()).collect();
+    format!("The webhook type, one of: {}", names.join(", "))
+}
+
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// One of the 13 webhook types (va-transaction, disbursement, …).
-    #[arg(value_parser = parse_type)]
+    #[arg(value_parser = parse_type, help = type_help())]
     pub webhook_type: WebhookType,
     /// Where to POST, e.g. http://127.0.0.1:8080/webhooks/singapay
     #[arg(long)]

@@ -5,22 +5,37 @@ use crate::config::Settings;
 use crate::{startup, store};
 
 pub async fn serve(settings: Settings, database_url: &SecretString, migrate: bool) -> Result<()> {
-    let shutdown = startup::shutdown_signal()?;
+    let signals = startup::Signals::install()?;
     let pool = store::pool(database_url, settings.db_max_connections).context("DATABASE_URL")?;
     if migrate {
         store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+    } else {
+        // Said once at start (in the background: Postgres may be away, and start-up does
+        // not wait for it); intake repeats it at most once a minute while callbacks get 503.
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let pending = match store::migrations_applied(&pool).await {
+                Ok(applied) => !applied,
+                Err(e) => store::is_schema_behind(&e),
+            };
+            if pending {
+                tracing::warn!(
+                    "database migrations are pending: callbacks are answered 503 (Singapay retries) until `singapay-webhooks migrate` runs, or start with `serve --migrate`"
+                );
+            }
+        });
     }
     let (listener, admin) = startup::bind(&settings).await?;
     tracing::info!(
         listen_addr = %settings.listen_addr,
-        admin_listen_addr = ?settings.admin_listen_addr,
+        admin_listen_addr = settings.admin_listen_addr.map(|a| a.to_string()),
         webhook_path = %settings.webhook_path,
-        credentials = ?settings.credentials.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(),
+        credentials = settings.credentials.iter().map(|c| c.label.as_str()).collect::<Vec<_>>().join(","),
         source_allowlist = settings.allowed_source_cidrs.is_some(),
         "receiver listening"
     );
     let state = startup::production_state(pool.clone(), settings);
-    startup::run(listener, admin, state, shutdown).await?;
+    startup::run(listener, admin, state, signals).await?;
     // Connections still busy after the shutdown timeout (a callback stuck on a lock) are not
     // waited for: leaving closes them, and Postgres rolls their transactions back.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await;

@@ -7,11 +7,12 @@ pub mod server;
 pub mod source;
 mod webhook;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, Method};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -47,6 +48,9 @@ pub struct AppState {
     /// and CPU spent on bodies nobody has authenticated yet stay bounded however many
     /// arrive, and a core stays free for real callbacks.
     pub analysis: Arc<tokio::sync::Semaphore>,
+    /// Set on SIGTERM: `/readyz` answers 503 and responses close their connections, so
+    /// that load balancers move traffic elsewhere while callbacks are still served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -60,6 +64,7 @@ impl AppState {
             metrics: None,
             intake,
             queue_gauges_read: Arc::default(),
+            draining: Arc::default(),
             analysis: Arc::new(tokio::sync::Semaphore::new(
                 (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1),
             )),
@@ -77,6 +82,7 @@ pub fn admin_router(state: AppState) -> Router {
 }
 
 pub fn router(state: AppState) -> Router {
+    let state_for_drain = state.draining.clone();
     let mut r = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
     if state.settings.admin_listen_addr.is_none() {
         r = r.route("/metrics", get(metrics::render));
@@ -101,6 +107,17 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(from_fn_with_state(state_for_drain, close_while_draining))
+}
+
+/// While draining, every response closes its connection: a keep-alive client (a load
+/// balancer's pool, Singapay's sender) opens its next connection to a replica that stays.
+async fn close_while_draining(State(draining): State<Arc<AtomicBool>>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    if draining.load(Ordering::Relaxed) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn dispatch(state: AppState, callbacks: Router, req: Request) -> Response {

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tower::ServiceExt;
 
-use crate::telemetry::metric;
+use crate::telemetry::{metric, Throttled};
 
 /// `MAX_CONNECTIONS` and `HEADER_READ_TIMEOUT_SECS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let silent = Arc::new(Silent::default());
     let graceful = GracefulShutdown::new();
-    let mut warnings = Warnings::default();
+    let mut warnings = Throttled::new(Duration::from_secs(10));
     let mut next_id = 0u64;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
@@ -70,7 +70,12 @@ pub async fn serve(
             Ok(slot) => slot,
             Err(_) => {
                 counter!(metric::CONNECTION_LIMIT_HITS).increment(1);
-                warnings.warn("connection limit reached; closing connections that sent nothing");
+                if let Some(repeats) = warnings.due() {
+                    tracing::warn!(
+                        repeats_since_last_warning = repeats,
+                        "connection limit reached; closing connections that sent nothing"
+                    );
+                }
                 silent.evict_oldest();
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -85,7 +90,9 @@ pub async fn serve(
                     // Out of descriptors (EMFILE/ENFILE) or a connection reset before it was
                     // accepted: make room if we can, else pause briefly; carry on.
                     counter!(metric::ACCEPT_ERRORS).increment(1);
-                    warnings.warn(&format!("accepting a connection failed: {e}"));
+                    if let Some(repeats) = warnings.due() {
+                        tracing::warn!(repeats_since_last_warning = repeats, error = %e, "accepting a connection failed");
+                    }
                     if !silent.evict_oldest() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -128,25 +135,6 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
-}
-
-/// Warnings at most every ten seconds, however often their causes recur; the next one
-/// says how many were left out.
-#[derive(Default)]
-struct Warnings {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Warnings {
-    fn warn(&mut self, message: &str) {
-        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
-            self.suppressed += 1;
-            return;
-        }
-        self.last = Some(Instant::now());
-        tracing::warn!(repeats_since_last_warning = std::mem::take(&mut self.suppressed), "{message}");
-    }
 }
 
 /// The connection's socket, which leaves the silent list once the client has sent a byte.

@@ -33,6 +33,10 @@ pub enum StoreError {
     /// More callbacks are waiting to be written than `INTAKE_QUEUE_CAPACITY`.
     #[error("storage busy: the intake queue is full")]
     Busy,
+    /// The schema is missing or older than this build (migrations not applied): Singapay
+    /// should try again once someone runs `migrate`.
+    #[error("the database schema is missing or behind this version; run `singapay-webhooks migrate`: {0}")]
+    SchemaBehind(String),
     #[error("storage error: {0}")]
     Internal(String),
 }
@@ -45,7 +49,9 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        if is_transient(&e) {
+        if is_schema_behind(&e) {
+            StoreError::SchemaBehind(e.to_string())
+        } else if is_transient(&e) {
             StoreError::Unavailable(e.to_string())
         } else {
             StoreError::Internal(e.to_string())
@@ -91,6 +97,14 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A table, column, function or schema this build uses is missing (42P01 undefined_table,
+/// 42703 undefined_column, 42883 undefined_function, 3F000 invalid_schema_name): the
+/// migrations have not been applied — or, if they all have, a bug; [`migrations_applied`]
+/// tells the two apart.
+pub fn is_schema_behind(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| matches!(c.as_ref(), "42P01" | "42703" | "42883" | "3F000")))
+}
+
 /// Why Postgres cannot be used right now, as `/readyz` names it.
 pub fn unavailable_reason(e: &sqlx::Error) -> (&'static str, &'static str) {
     match e {
@@ -99,6 +113,10 @@ pub fn unavailable_reason(e: &sqlx::Error) -> (&'static str, &'static str) {
                 ("database_authentication_failed", "Postgres refused the credentials in DATABASE_URL.")
             }
             Some("3D000") => ("database_not_found", "The database named in DATABASE_URL does not exist."),
+            _ if is_schema_behind(e) => (
+                "migrations_pending",
+                "The database schema is not initialised; run `singapay-webhooks migrate` (or `serve --migrate`).",
+            ),
             _ => ("storage_unavailable", "Postgres is not reachable."),
         },
         _ => ("storage_unavailable", "Postgres is not reachable."),

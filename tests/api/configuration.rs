@@ -8,8 +8,15 @@ use singapay_webhooks::config::VARIABLES;
 
 use crate::process::{env, spawn};
 
-fn env_example_names() -> BTreeSet<String> {
+/// The line after which `.env.example` lists what only docker-compose.yml reads.
+const COMPOSE_SECTION: &str = "# --- docker-compose.yml only";
+
+/// The names `.env.example` lists for the program (`compose: false`) or, in its last
+/// section, for docker-compose.yml alone (`compose: true`).
+fn env_example_names_of(compose: bool) -> BTreeSet<String> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
+    let (program, compose_only) = text.split_once(COMPOSE_SECTION).expect(".env.example has the compose section");
+    let text = if compose { compose_only } else { program };
     text.lines()
         .filter_map(|l| {
             let l = l.trim().trim_start_matches('#').trim();
@@ -18,6 +25,43 @@ fn env_example_names() -> BTreeSet<String> {
                 .then(|| name.to_owned())
         })
         .collect()
+}
+
+fn env_example_names() -> BTreeSet<String> {
+    env_example_names_of(false)
+}
+
+/// Every `${NAME…}` docker-compose.yml fills in is documented in `.env.example`: either a
+/// setting of the program, passed through under the same name, or one of the compose
+/// section's; and everything in the compose section is used by the compose file.
+#[test]
+fn the_compose_file_uses_only_variables_env_example_documents() {
+    let compose = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml")).unwrap();
+    let code: String = compose.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    let used: BTreeSet<String> = code
+        .split("${")
+        .skip(1)
+        .map(|rest| rest.chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect())
+        .collect();
+    assert!(used.contains("POSTGRES_PASSWORD") && used.contains("ALLOWED_SOURCE_CIDRS"), "{used:?}");
+    let program: BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
+    let compose_only = env_example_names_of(true);
+    assert!(!compose_only.is_empty());
+    let undocumented: Vec<&String> =
+        used.iter().filter(|n| !program.contains(*n) && !compose_only.contains(*n)).collect();
+    assert!(
+        undocumented.is_empty(),
+        "docker-compose.yml uses variables .env.example does not document: {undocumented:?}"
+    );
+    let unused: Vec<&String> = compose_only.iter().filter(|n| !used.contains(*n)).collect();
+    assert!(
+        unused.is_empty(),
+        ".env.example's compose section lists variables the compose file does not use: {unused:?}"
+    );
+    // A program setting passed through keeps its name on both sides.
+    for name in used.iter().filter(|n| program.contains(*n)) {
+        assert!(code.contains(&format!("{name}: ${{{name}")), "{name} is passed through under another name");
+    }
 }
 
 /// Names the code reads: the string literals at every environment-reading call site in
@@ -91,6 +135,7 @@ async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
         ("LOG_FORMAT", "xml", vec!["serve"]),
         ("RUST_LOG", "info,[", vec!["serve"]),
         ("SHUTDOWN_TIMEOUT_SECS", "0", vec!["serve"]),
+        ("SHUTDOWN_DRAIN_SECS", "3601", vec!["serve"]),
         ("MAX_CONNECTIONS", "0", vec!["serve"]),
         ("HEADER_READ_TIMEOUT_SECS", "forever", vec!["serve"]),
         ("BODY_READ_TIMEOUT_SECS", "0", vec!["serve"]),

@@ -85,11 +85,8 @@ async fn silent_connections_beyond_the_descriptor_limit_make_way_for_callbacks()
         ("SINGAPAY_WEBHOOK_SECRETS", &secret),
         ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
     ]);
-    let mut child = std::process::Command::new("prlimit")
+    let mut child = process::command("prlimit", &vars)
         .args(["--nofile=1024:1024", "--", process::BIN, "serve"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -80,22 +80,19 @@ async fn run_walkthrough(doc_name: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dev = start_dev(&dir.path().join(".data"));
-    let port = dev.port;
 
     const MARK: &str = "@@@ end of block @@@";
     let script: String = blocks.iter().map(|(cmds, _)| format!("{cmds}\necho '{MARK}'\n")).collect();
-    // The reader puts the binary `scripts/dev` built on PATH; here it is the one under test.
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_singapay-webhooks")).parent().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    // Verbatim: the walkthrough finds the receiver, its database, the dev secret and the
+    // binary through the `.data/dev.env` that dev wrote, as a reader's second terminal does.
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!("set -eu\n{script}"))
         .current_dir(dir.path())
-        .env("PATH", path)
         .env_remove("SINGAPAY_WEBHOOK_SECRETS")
         .env_remove("DATABASE_URL")
-        .env("PGURL", &dev.psql_url)
-        .env("SP_URL", format!("http://127.0.0.1:{port}/webhooks/singapay"))
+        .env_remove("PGURL")
+        .env_remove("SP_URL")
         .output()
         .unwrap();
     stop_dev(dev);

@@ -154,6 +154,7 @@ pub fn default_settings(secret: &str) -> Settings {
         trusted_proxy_hops: 0,
         trusted_proxy_cidrs: None,
         shutdown_timeout_secs: 25,
+        shutdown_drain_secs: 0,
         connections: singapay_webhooks::http::server::ConnectionLimits {
             max_connections: 1024,
             header_read_timeout: std::time::Duration::from_secs(65),

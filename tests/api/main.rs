@@ -4,6 +4,7 @@ mod configuration;
 mod connections;
 mod consumer_example;
 mod crash;
+mod deploy;
 mod dev;
 mod docs;
 mod group_commit;

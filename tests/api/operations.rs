@@ -49,6 +49,19 @@ fn resolve(value: &str, supplied: &HashMap<&str, &str>) -> String {
     out
 }
 
+/// The HEALTHCHECK's command (`CMD ["…", "healthcheck", …]`), its arguments after the binary.
+fn healthcheck_args(dockerfile: &str) -> Vec<String> {
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let healthcheck = last_stage.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect::<String>();
+    let json = &healthcheck[healthcheck.find("CMD").expect("HEALTHCHECK … CMD [...]") + 3..];
+    let command: Vec<String> = serde_json::from_str(json.trim()).expect("exec form (JSON array)");
+    assert_eq!(command[0], "/usr/local/bin/singapay-webhooks");
+    command[1..].to_vec()
+}
+
+/// The image as deployed: its command against an empty database (it migrates, then accepts
+/// a callback), with the environment docker-compose.yml gives it (secrets from a file), and
+/// its HEALTHCHECK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_container_runs_serve_with_the_compose_environment() {
     let dockerfile = repo_file("Dockerfile");
@@ -65,10 +78,13 @@ async fn the_container_runs_serve_with_the_compose_environment() {
     assert!(last_stage.contains("EXPOSE 8080"));
     let healthcheck = last_stage.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect::<String>();
     assert!(healthcheck.contains("\"healthcheck\"") && !healthcheck.contains("curl"), "{healthcheck}");
+    // Liveness: a Postgres outage or a drain must not get the container restarted.
+    assert_eq!(healthcheck_args(&dockerfile), ["healthcheck", "--live"]);
     build_stage_loads_its_manifest(&dockerfile);
     let entrypoint = exec_form(&dockerfile, "ENTRYPOINT");
-    assert_eq!(exec_form(&dockerfile, "CMD"), ["serve"]);
     assert_eq!(entrypoint, ["/usr/local/bin/singapay-webhooks"]);
+    let command = exec_form(&dockerfile, "CMD");
+    assert_eq!(command, ["serve", "--migrate"], "the image migrates by default");
 
     let compose = &YamlLoader::load_from_str(&repo_file("docker-compose.yml")).expect("compose parses")[0];
     let services = &compose["services"];
@@ -76,20 +92,22 @@ async fn the_container_runs_serve_with_the_compose_environment() {
     assert!(pg_check.contains("pg_isready"));
     let app = &services["singapay-webhooks"];
     assert_eq!(app["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
-    assert!(app["healthcheck"]["test"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .any(|t| t.as_str() == Some("/usr/local/bin/singapay-webhooks")));
+    assert!(app["command"].is_badvalue(), "compose runs the image's command");
+    assert!(app["healthcheck"].is_badvalue(), "compose keeps the image's HEALTHCHECK");
     assert!(services["postgres"]["image"].as_str().unwrap().contains(':'));
-    let command: Vec<String> =
-        app["command"].as_vec().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    let secret_file = compose["secrets"]["singapay_webhook_secrets"]["file"].as_str().unwrap();
+    assert_eq!(secret_file, "./secrets/singapay_webhook_secrets");
 
-    // The compose environment as the service would see it. Only what cannot exist on this
-    // machine is replaced: the `postgres` host (a test database) and the fixed ports.
-    let (db_url, _db) = fresh_database().await;
+    // The compose environment as the service would see it, with .env supplying only the
+    // Postgres password. Only what cannot exist on this machine is replaced: the `postgres`
+    // host (an empty test database), the fixed ports, and where the secret is mounted.
+    let (db_url, db) = crate::helpers::empty_database().await;
     let secret = format!("cs_{}", random_hex(8));
-    let supplied = HashMap::from([("SINGAPAY_WEBHOOK_SECRETS", secret.as_str())]);
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let mounted = secrets_dir.path().join("singapay_webhook_secrets");
+    std::fs::write(&mounted, format!("compose={secret}\n")).unwrap();
+    // A drain of one second from .env, passed through like every other setting.
+    let supplied = HashMap::from([("POSTGRES_PASSWORD", "pw0123"), ("SHUTDOWN_DRAIN_SECS", "1")]);
     let args: Vec<&str> = command.iter().map(String::as_str).collect();
     let (mut server, vars) = process::serve_ready(&args, |port| {
         let admin_port = free_port().unwrap();
@@ -101,8 +119,12 @@ async fn the_container_runs_serve_with_the_compose_environment() {
             let (k, v) = (k.as_str().unwrap(), resolve(v.as_str().unwrap(), &supplied));
             let v = match k {
                 "DATABASE_URL" => {
-                    assert!(v.starts_with("postgres://singapay:singapay@postgres:5432/singapay"), "{v}");
+                    assert_eq!(v, "postgres://singapay:pw0123@postgres:5432/singapay");
                     db_url.clone()
+                }
+                "SINGAPAY_WEBHOOK_SECRETS_FILE" => {
+                    assert_eq!(v, "/run/secrets/singapay_webhook_secrets");
+                    mounted.display().to_string()
                 }
                 "LISTEN_ADDR" => v.replace(":8080", &format!(":{port}")),
                 "ADMIN_LISTEN_ADDR" => v.replace(":9090", &format!(":{admin_port}")),
@@ -121,7 +143,9 @@ async fn the_container_runs_serve_with_the_compose_environment() {
         .expect("compose sets ADMIN_LISTEN_ADDR");
 
     // The HEALTHCHECK command, with the same environment.
-    let health = process::spawn(&["healthcheck"], &vars);
+    let health_args = healthcheck_args(&dockerfile);
+    let health_args: Vec<&str> = health_args.iter().map(String::as_str).collect();
+    let health = process::spawn(&health_args, &vars);
     let status = tokio::task::spawn_blocking(move || health.wait_with_output()).await.unwrap().unwrap();
     assert!(status.status.success(), "healthcheck: {}", String::from_utf8_lossy(&status.stderr));
     let metrics = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await.unwrap();
@@ -130,11 +154,14 @@ async fn the_container_runs_serve_with_the_compose_environment() {
     let body = payload("va-transaction");
     let r = post(&server, &secret, &body, now()).await;
     assert_eq!(r, 200);
+    let credential: String =
+        sqlx::query_scalar("SELECT credential FROM singapay.deliveries").fetch_one(&db).await.unwrap();
+    assert_eq!(credential, "compose", "the secret came from the mounted file");
 
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(30)).await.success());
     // Once stopped, the healthcheck fails.
-    let health = process::spawn(&["healthcheck"], &vars);
+    let health = process::spawn(&health_args, &vars);
     let status = tokio::task::spawn_blocking(move || health.wait_with_output()).await.unwrap().unwrap();
     assert!(!status.status.success());
 }
@@ -641,7 +668,7 @@ async fn secrets_from_files_and_a_dot_env_configure_serve() {
     std::fs::write(
         dir.path().join(".env"),
         format!(
-            "DATABASE_URL={db_url}\nSINGAPAY_WEBHOOK_SECRETS=dotenv={secret}\nLISTEN_ADDR=127.0.0.1:{env_port}\nLOG_FORMAT=json\n"
+            "DATABASE_URL={db_url}\nSINGAPAY_WEBHOOK_SECRETS=dotenv={secret}\nLISTEN_ADDR=127.0.0.1:{env_port}\nLOG_FORMAT=json\nSHUTDOWN_DRAIN_SECS=0\n"
         ),
     )
     .unwrap();

@@ -13,17 +13,23 @@ pub struct Server {
     pub port: u16,
 }
 
-/// Runs the binary with exactly `env` (plus PATH).
-pub fn spawn(args: &[&str], env: &[(String, String)]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .env_clear()
+/// `program` (the binary, or a wrapper such as `prlimit`) with exactly `env` plus PATH,
+/// in a working directory without a `.env` (a developer's `.env` in the checkout must not
+/// configure the processes under test), and without the shutdown drain unless `env` asks
+/// for one (tests stop servers with SIGTERM and expect them gone at once).
+pub fn command(program: &str, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SHUTDOWN_DRAIN_SECS", "0")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the binary")
+        .current_dir(std::env::temp_dir());
+    cmd
+}
+
+/// Runs the binary with exactly `env` (see [`command`]).
+pub fn spawn(args: &[&str], env: &[(String, String)]) -> Child {
+    command(BIN, env).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run the binary")
 }
 
 pub fn serve(args: &[&str], env: &[(String, String)], port: u16) -> Server {
@@ -52,12 +58,17 @@ impl Server {
 
     /// Waits until `/readyz` answers 200; `Err(logs)` when the process exits first.
     pub async fn try_wait_ready(&mut self) -> Result<(), String> {
+        self.try_wait_for("/readyz").await
+    }
+
+    /// Waits until `path` answers 200; `Err(logs)` when the process exits first.
+    pub async fn try_wait_for(&mut self, path: &str) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(format!("({status}) {}", self.log_text()));
             }
-            if let Ok(r) = reqwest::get(self.url("/readyz")).await {
+            if let Ok(r) = reqwest::get(self.url(path)).await {
                 if r.status() == 200 {
                     return Ok(());
                 }
@@ -96,12 +107,26 @@ pub async fn serve_ready(
     args: &[&str],
     vars: impl Fn(u16) -> Vec<(String, String)>,
 ) -> (Server, Vec<(String, String)>) {
+    serve_until(args, vars, "/readyz").await
+}
+
+/// As [`serve_ready`], but waits only for `/healthz` (the process answers): for a server
+/// that is not meant to be ready.
+pub async fn serve_live(args: &[&str], vars: impl Fn(u16) -> Vec<(String, String)>) -> (Server, Vec<(String, String)>) {
+    serve_until(args, vars, "/healthz").await
+}
+
+async fn serve_until(
+    args: &[&str],
+    vars: impl Fn(u16) -> Vec<(String, String)>,
+    path: &str,
+) -> (Server, Vec<(String, String)>) {
     let mut last = String::new();
     for _ in 0..5 {
         let port = singapay_webhooks::embedded_pg::free_port().unwrap();
         let env = vars(port);
         let mut server = serve(args, &env, port);
-        match server.try_wait_ready().await {
+        match server.try_wait_for(path).await {
             Ok(()) => return (server, env),
             Err(logs) if logs.contains("cannot bind") => last = logs,
             Err(logs) => panic!("server exited early: {logs}"),
@@ -138,11 +163,8 @@ pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// Runs the binary to completion: (success, stdout, stderr).
 pub async fn run(args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut cmd = command(BIN, env);
+    cmd.args(args);
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run the binary");
     (
         out.status.success(),
