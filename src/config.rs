@@ -1,8 +1,10 @@
 //! Settings from the environment (and `.env` when present). A bad value stops start-up
 //! with the variable's name; secrets are never printed, not even by `Debug`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use ipnet::IpNet;
 
@@ -29,11 +31,7 @@ fn bad(var: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError { var, why: why.into() }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
+pub use crate::telemetry::{LogFormat, DEFAULT_LOG_FILTER};
 
 /// Every environment variable the program reads (`RUST_LOG` through the log filter).
 /// `.env.example` lists exactly these; a test keeps the two in step.
@@ -232,7 +230,7 @@ impl<'a> Env<'a> {
 
     /// The log filter (`RUST_LOG`), validated.
     pub fn log_filter(&self) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
-        crate::telemetry::filter(self.raw("RUST_LOG").as_deref())
+        log_filter(self.raw("RUST_LOG").as_deref())
     }
 
     pub fn listen_addr_set(&self) -> bool {
@@ -341,6 +339,68 @@ impl<'a> Env<'a> {
             intake,
             log_format: self.log_format()?,
         })
+    }
+}
+
+/// The log filter from `RUST_LOG` (default `info,sqlx=warn`); a malformed one is a
+/// start-up error, not a silent fallback.
+fn log_filter(rust_log: Option<&str>) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
+    match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+        Some(v) => tracing_subscriber::EnvFilter::try_new(v)
+            .map_err(|e| ConfigError { var: "RUST_LOG", why: format!("{v:?}: {e}") }),
+    }
+}
+
+/// Where the optional settings file is looked for: the working directory only.
+pub const ENV_FILE: &str = ".env";
+
+/// The settings a `.env` file gives, consulted after the real environment.
+#[derive(Default)]
+pub struct EnvFile {
+    path: Option<std::path::PathBuf>,
+    vars: HashMap<String, String>,
+}
+
+impl EnvFile {
+    /// Reads `path` when it exists; a file that cannot be parsed is an error, by line.
+    pub fn read(path: &Path) -> Result<EnvFile, String> {
+        let iter = match dotenvy::from_path_iter(path) {
+            Ok(iter) => iter,
+            Err(e) if e.not_found() => return Ok(EnvFile::default()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut vars = HashMap::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| match e {
+                // Never the line itself: it may hold a secret.
+                dotenvy::Error::LineParse(text, _) => {
+                    let number = std::fs::read_to_string(path)
+                        .ok()
+                        .and_then(|all| all.lines().position(|l| l.contains(text.as_str())))
+                        .map_or_else(|| "a line".to_owned(), |i| format!("line {}", i + 1));
+                    format!("{}: {number} cannot be parsed (quote values that contain spaces)", path.display())
+                }
+                e => format!("{}: {e}", path.display()),
+            })?;
+            vars.insert(k, v);
+        }
+        Ok(EnvFile { path: Some(path.to_owned()), vars })
+    }
+
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+
+    /// Logs which file was read and which of its variables took effect (names only: values
+    /// may be secrets).
+    pub fn announce(&self) {
+        let Some(path) = &self.path else { return };
+        let mut used: Vec<&str> =
+            self.vars.keys().map(String::as_str).filter(|k| std::env::var_os(k).is_none()).collect();
+        used.sort_unstable();
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        tracing::info!(file = %path.display(), variables = %used.join(","), "settings read from the env file (the environment wins)");
     }
 }
 

@@ -264,19 +264,7 @@ fn run(mut cmd: Command, what: &str) -> Result<Output> {
 pub async fn ensure_database(cluster: &Cluster, database: &str) -> Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&cluster.url("postgres")).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(database)
-        .fetch_one(&mut conn)
-        .await?;
-    if !exists {
-        let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-        match sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&mut conn).await {
-            Ok(_) => {}
-            // Another process created it between our check and ours.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    crate::store::create_database_if_missing(&mut conn, database).await?;
     conn.close().await?;
     Ok(())
 }

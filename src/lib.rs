@@ -7,8 +7,11 @@ pub mod config;
 pub mod embedded_pg;
 pub mod http;
 pub mod intake;
-pub mod queue;
 pub mod singapay;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
+
+/// The consumer API in Rust (`claim`, `ack`, `nack`), for services that consume the queue.
+pub use store::queue;

@@ -5,18 +5,15 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{ConfigError, LogFormat};
-
-const DEFAULT_FILTER: &str = "info,sqlx=warn";
-
-/// The log filter from `RUST_LOG` (default `info,sqlx=warn`); a malformed one is a
-/// start-up error, not a silent fallback.
-pub fn filter(rust_log: Option<&str>) -> Result<EnvFilter, ConfigError> {
-    match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(EnvFilter::new(DEFAULT_FILTER)),
-        Some(v) => EnvFilter::try_new(v).map_err(|e| ConfigError { var: "RUST_LOG", why: format!("{v:?}: {e}") }),
-    }
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
 }
+
+/// The log filter when `RUST_LOG` is unset.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
 
 pub fn init(format: LogFormat, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -55,7 +52,7 @@ impl Throttled {
 
 /// For tests: output goes through the test harness's capture.
 pub fn init_for_tests() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 

@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::Settings;
+use crate::config::{Env, LogFormat, Settings};
 use crate::embedded_pg::{self, Cluster};
 use crate::singapay::signature::Credential;
-use crate::{startup, store};
+use crate::{startup, store, telemetry};
 
 const DATABASE: &str = "singapay";
 
@@ -32,7 +32,18 @@ fn dev_secret(data_dir: &Path) -> Result<String> {
     Ok(secret)
 }
 
-pub async fn dev(mut settings: Settings, data_dir: PathBuf, listen_addr_set: bool) -> Result<()> {
+/// `dev`: never reads `.env` (its caller passes an environment without it).
+pub async fn dev(env: &Env<'_>, data_dir: PathBuf) -> Result<()> {
+    let mut settings = env.settings(false)?;
+    if !env.drain_set() {
+        // No load balancer in front of a laptop.
+        settings.shutdown_drain_secs = 0;
+    }
+    if !env.log_format_set() {
+        settings.log_format = LogFormat::Text;
+    }
+    telemetry::init(settings.log_format, env.log_filter()?);
+    let listen_addr_set = env.listen_addr_set();
     // Installed first: a Ctrl-C during start-up must still stop the cluster it started.
     let signals = startup::Signals::install()?;
     fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -114,13 +125,14 @@ async fn run(
          \x20 database : {data}  (PostgreSQL on 127.0.0.1:{port}, kept across restarts)\n\
          \x20 psql     : psql {psql_url}\n\
          \x20 send     : {send_secret}{exe} send va-transaction --url {receiver}\n\
-         \x20 try      : psql {psql_url} -c 'SELECT id, webhook_type, transaction_key, status, outcome FROM singapay.deliveries ORDER BY id DESC LIMIT 10'\n\
+         \x20 try      : psql {psql_url} -c '{recent}'\n\
          \x20 env      : . {env}  (SP_URL, PGURL, the secret and PATH, in another shell)\n\
          Ctrl-C stops the receiver and the database.",
         data = cluster.root.display(),
         port = cluster.port,
         exe = sh_quote(&exe.display().to_string()),
         env = sh_quote(&env_file.display().to_string()),
+        recent = store::RECENT_DELIVERIES,
     );
     // One write, and a closed stdout (`dev | head`) must never take the receiver down.
     {

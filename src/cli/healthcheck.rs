@@ -1,14 +1,17 @@
 //! `healthcheck`: asks the local receiver's `/readyz` (or `/healthz` with `--live`) and
 //! exits 0 only on 200, for the container HEALTHCHECK (no curl in the image).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub async fn healthcheck(listen_addr: SocketAddr, live: bool) -> Result<()> {
+use crate::config::Env;
+
+pub async fn healthcheck(env: &Env<'_>, live: bool) -> Result<()> {
+    let listen_addr = env.settings(false)?.listen_addr;
     let path = if live { "/healthz" } else { "/readyz" };
     let mut addr = listen_addr;
     if addr.ip().is_unspecified() {

@@ -1,10 +1,12 @@
+use crate::config::{Env, EnvFile};
+use crate::{store, telemetry};
 use anyhow::{Context, Result};
-use secrecy::SecretString;
 
-use crate::store;
-
-pub async fn migrate(database_url: &SecretString) -> Result<()> {
-    let pool = store::pool(database_url, 2)?;
+pub async fn migrate(env: &Env<'_>, file: &EnvFile) -> Result<()> {
+    let database_url = env.require_database_url()?;
+    telemetry::init(env.log_format()?, env.log_filter()?);
+    file.announce();
+    let pool = store::pool(&database_url, 2)?;
     store::MIGRATOR.run(&pool).await.context("applying migrations")?;
     let n = store::MIGRATOR.iter().count();
     tracing::info!(migrations = n, "database schema is up to date");

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{Env, EnvFile};
+
 pub use dev::dev;
 pub use healthcheck::healthcheck;
 pub use migrate::migrate;
@@ -21,6 +23,30 @@ pub use replay::{replay, ReplayArgs};
 pub use send::{send, SendArgs};
 pub use serve::serve;
 pub use verify::{verify, VerifyArgs};
+
+impl Command {
+    /// `.env` configures the commands run against a deployment; never `dev`, which runs
+    /// its own database with its own secret.
+    pub fn reads_env_file(&self) -> bool {
+        !matches!(self, Command::Dev { .. })
+    }
+
+    /// Runs the command, each doing its own setup; false: it ran and its answer is "no"
+    /// (`verify`'s mismatch), exit status 1.
+    pub async fn run(self, env: &Env<'_>, file: &EnvFile) -> anyhow::Result<bool> {
+        match self {
+            Command::Serve { migrate } => serve(env, file, migrate).await?,
+            Command::Dev { data_dir } => dev(env, data_dir).await?,
+            Command::Prune { dry_run, batch_size } => prune(env, file, batch_size, dry_run).await?,
+            Command::Healthcheck { live } => healthcheck(env, live).await?,
+            Command::Send(args) => send(env, *args).await?,
+            Command::Verify(args) => return verify(env, args).await,
+            Command::Replay(args) => replay(env, args).await?,
+            Command::Migrate => migrate(env, file).await?,
+        }
+        Ok(true)
+    }
+}
 
 /// Prints a line to stdout. A closed stdout (`… | head`) loses the output, never the
 /// command: exit codes (verify's match/mismatch, send's 2xx check) must still hold.

@@ -1,10 +1,13 @@
+use crate::config::{Env, EnvFile};
+use crate::{store, telemetry};
 use anyhow::{Context, Result};
-use secrecy::SecretString;
 
-use crate::store;
-
-pub async fn prune(database_url: &SecretString, retention_days: u32, batch: i64, dry_run: bool) -> Result<()> {
-    let pool = store::pool(database_url, 2)?;
+pub async fn prune(env: &Env<'_>, file: &EnvFile, batch: i64, dry_run: bool) -> Result<()> {
+    let database_url = env.require_database_url()?;
+    let retention_days = env.retention_days()?;
+    telemetry::init(env.log_format()?, env.log_filter()?);
+    file.announce();
+    let pool = store::pool(&database_url, 2)?;
     let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
     let report = store::prune(&pool, cutoff, batch, dry_run).await.context("pruning")?;
     let verb = if dry_run { "would delete" } else { "deleted" };

@@ -2,14 +2,13 @@
 //! and the state machine, with the same idempotency as live traffic. `--dry-run` runs the
 //! very same transaction and rolls it back.
 
+use crate::config::Env;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use secrecy::SecretString;
 
-use crate::singapay::json::to_jsonb_text;
-use crate::singapay::signature::BodyForm;
 use crate::singapay::webhook::classify;
 use crate::singapay::Body;
+use crate::store::to_jsonb_text;
 use crate::store::{self, Delivery, Signed, Stored, Write, Written};
 
 #[derive(Debug, Args)]
@@ -26,55 +25,20 @@ pub struct ReplayArgs {
     pub dry_run: bool,
 }
 
-type RejectionRow = (
-    Vec<u8>,
-    String,
-    String,
-    Option<chrono::DateTime<chrono::Utc>>,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    Option<String>,
-);
-
-pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()> {
-    let pool = store::pool(database_url, 2)?;
+pub async fn replay(env: &Env<'_>, args: ReplayArgs) -> Result<()> {
+    let pool = store::pool(&env.require_database_url()?, 2)?;
     let mut tx = pool.begin().await?;
     let (what, stored) = match (args.delivery, args.rejection) {
         (Some(id), _) => {
-            let body: Vec<u8> = sqlx::query_scalar("SELECT body FROM singapay.deliveries WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .with_context(|| format!("no delivery {id}"))?;
+            let body = store::delivery_body(&mut tx, id).await?.with_context(|| format!("no delivery {id}"))?;
             let analysed = Body::analyse(&body);
             let object = analysed.object().context("the stored body is not a JSON object")?;
             let write = Write::Reapply { delivery_id: id, classification: classify(object) };
             (format!("delivery {id}"), write_one(&mut tx, write).await?)
         }
         (None, Some(id)) => {
-            let row: Option<RejectionRow> = sqlx::query_as(
-                "SELECT body, credential, signature_form, signed_at, x_timestamp, request_path, request_id,
-                        x_signature, access_token, partner_id
-                   FROM singapay.rejected_deliveries WHERE id = $1 FOR UPDATE",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let (
-                body,
-                credential,
-                form,
-                signed_at,
-                x_timestamp,
-                request_path,
-                request_id,
-                x_signature,
-                access_token,
-                partner_id,
-            ) = row.with_context(|| format!("no rejected delivery {id}"))?;
+            let r = store::lock_rejection(&mut tx, id).await?.with_context(|| format!("no rejected delivery {id}"))?;
+            let body = r.body;
             let analysed = Body::analyse(&body);
             let object = analysed.object().context("the rejected body is not a JSON object")?;
             let classification = classify(object);
@@ -82,30 +46,22 @@ pub async fn replay(args: ReplayArgs, database_url: &SecretString) -> Result<()>
             let delivery = Delivery {
                 signed: Signed {
                     content_sha256: analysed.content_sha256(&body),
-                    partner_id,
-                    credential,
-                    signature_form: match form.as_str() {
-                        "php" => BodyForm::Php,
-                        "raw" => BodyForm::Raw,
-                        _ => BodyForm::Sorted,
-                    },
-                    signed_at: Some(signed_at.context("the rejection's timestamp is not representable")?),
-                    x_timestamp,
-                    request_path,
-                    request_id,
-                    x_signature,
-                    access_token,
+                    partner_id: r.partner_id,
+                    credential: r.credential,
+                    signature_form: r.signature_form.0,
+                    signed_at: Some(r.signed_at.context("the rejection's timestamp is not representable")?),
+                    x_timestamp: r.x_timestamp,
+                    request_path: r.request_path,
+                    request_id: r.request_id,
+                    x_signature: r.x_signature,
+                    access_token: r.access_token,
                     body,
                 },
                 classification,
                 payload,
             };
             let stored = write_one(&mut tx, Write::Deliver(Box::new(delivery))).await?;
-            sqlx::query("UPDATE singapay.rejected_deliveries SET replayed_delivery_id = $2 WHERE id = $1")
-                .bind(id)
-                .bind(stored.delivery_id)
-                .execute(&mut *tx)
-                .await?;
+            store::mark_replayed(&mut tx, id, stored.delivery_id).await?;
             (format!("rejected delivery {id}"), stored)
         }
         _ => bail!("give --delivery or --rejection"),

@@ -11,10 +11,11 @@ use rand::Rng;
 use rand::RngCore;
 use secrecy::SecretString;
 
+use crate::config::Env;
 use crate::singapay::signature::{self, BodyForm};
-use crate::singapay::simulate::{self, Spec};
 use crate::singapay::webhook::WebhookType;
 use crate::singapay::Body;
+use crate::tools::simulate::{self, Spec};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Form {
@@ -146,7 +147,8 @@ fn http_message(s: &Signed, host: &str) -> String {
     m
 }
 
-pub async fn send(args: SendArgs, configured: Option<SecretString>) -> Result<()> {
+pub async fn send(env: &Env<'_>, args: SendArgs) -> Result<()> {
+    let configured = env.settings(false)?.credentials.first().map(|c| c.secret.clone());
     let url = reqwest::Url::parse(&args.url).with_context(|| format!("--url {:?} is not a URL", args.url))?;
     let mut endpoint = url.path().to_owned();
     if let Some(q) = url.query() {

@@ -1,10 +1,19 @@
 use anyhow::{Context, Result};
 use secrecy::SecretString;
 
-use crate::config::Settings;
-use crate::{startup, store};
+use crate::config::{Env, EnvFile, Settings};
+use crate::{startup, store, telemetry};
 
-pub async fn serve(settings: Settings, database_url: &SecretString, migrate: bool) -> Result<()> {
+/// `serve [--migrate]`.
+pub async fn serve(env: &Env<'_>, file: &EnvFile, migrate: bool) -> Result<()> {
+    let settings = env.settings(true)?;
+    let url = env.require_database_url()?;
+    telemetry::init(settings.log_format, env.log_filter()?);
+    file.announce();
+    run(settings, &url, migrate).await
+}
+
+async fn run(settings: Settings, database_url: &SecretString, migrate: bool) -> Result<()> {
     let signals = startup::Signals::install()?;
     let pool = store::pool(database_url, settings.db_max_connections).context("DATABASE_URL")?;
     if migrate {

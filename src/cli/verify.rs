@@ -7,9 +7,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use secrecy::SecretString;
 
-use crate::config::Settings;
-use crate::singapay::explain::{self, Verdict};
-use crate::store;
+use crate::config::Env;
+use crate::store::{self, Kept};
+use crate::tools::explain::{self, Verdict};
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["request", "headers", "delivery", "rejection"])))]
@@ -101,32 +101,25 @@ fn parse_message(bytes: &[u8]) -> Result<Captured> {
     parse_parts(&head, body, "")
 }
 
-type StoredRow = (String, Option<String>, String, String, Option<String>, Vec<u8>);
-
-async fn from_database(database_url: &SecretString, table: &str, id: i64) -> Result<Captured> {
+async fn from_database(database_url: &SecretString, kept: Kept, id: i64) -> Result<Captured> {
     let pool = store::pool(database_url, 1)?;
-    let row: Option<StoredRow> = sqlx::query_as(&format!(
-        "SELECT request_path, x_timestamp, x_signature, access_token, partner_id, body FROM singapay.{table} WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&pool)
-    .await
-    .context("reading the stored request")?;
+    let row = store::kept_request(&pool, kept, id).await.context("reading the stored request")?;
     pool.close().await;
-    let (path_and_query, ts, sig, token, partner_id, body) =
-        row.with_context(|| format!("no row {id} in singapay.{table}"))?;
+    let row = row.with_context(|| format!("no row {id} in singapay.{}", kept.table()))?;
     Ok(Captured {
-        path_and_query,
-        signature: Some(sig.into_bytes()),
-        timestamp: ts.map(String::into_bytes),
-        authorization: Some(format!("Bearer {token}").into_bytes()),
-        partner_id,
-        body,
+        path_and_query: row.request_path,
+        signature: Some(row.x_signature.into_bytes()),
+        timestamp: row.x_timestamp.map(String::into_bytes),
+        authorization: Some(format!("Bearer {}", row.access_token).into_bytes()),
+        partner_id: row.partner_id,
+        body: row.body,
     })
 }
 
 /// Prints the report; true when the signature matches.
-pub async fn verify(args: VerifyArgs, settings: &Settings, database_url: Option<SecretString>) -> Result<bool> {
+pub async fn verify(env: &Env<'_>, args: VerifyArgs) -> Result<bool> {
+    let settings = &env.settings(true)?;
+    let database_url = env.database_url()?;
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let captured = match (&args.request, args.delivery, args.rejection) {
         (Some(path), _, _) => parse_message(&read(path)?)?,
@@ -137,10 +130,10 @@ pub async fn verify(args: VerifyArgs, settings: &Settings, database_url: Option<
             parse_parts(&String::from_utf8_lossy(&read(&headers)?), read(&body)?, &default_target)?
         }
         (None, Some(id), _) => {
-            from_database(&database_url.context("DATABASE_URL is required for --delivery")?, "deliveries", id).await?
+            from_database(&database_url.context("DATABASE_URL is required for --delivery")?, Kept::Delivery, id).await?
         }
         (None, None, Some(id)) => {
-            from_database(&database_url.context("DATABASE_URL is required for --rejection")?, "rejected_deliveries", id)
+            from_database(&database_url.context("DATABASE_URL is required for --rejection")?, Kept::Rejection, id)
                 .await?
         }
         _ => bail!("give --request, --headers with --body, --delivery or --rejection"),

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::gauge;
 
 use super::AppState;
+use crate::store;
 use crate::telemetry::metric;
 
 pub async fn render(State(state): State<AppState>) -> Response {
@@ -39,20 +40,16 @@ async fn read_queue_gauges(state: &AppState) {
     }
     *read_at = Some(Instant::now());
     let pool = &state.pool;
-    let query = sqlx::query_as::<_, (String, i64, i64, f64)>(
-        "SELECT state, events, due, COALESCE(extract(epoch FROM oldest_due_age), 0)::float8
-           FROM singapay.queue_health",
-    )
-    .fetch_all(pool);
+    let query = store::queue_depth(pool);
     // A scrape must not hang on an unreachable database; the series keep their last values.
     match tokio::time::timeout(Duration::from_secs(2), query).await {
         Ok(Ok(rows)) => {
-            for (queue_state, events, due, oldest) in rows {
-                if queue_state == "available" {
-                    gauge!(metric::QUEUE_DUE).set(due as f64);
-                    gauge!(metric::QUEUE_OLDEST_DUE_AGE).set(oldest);
+            for row in rows {
+                if row.state == "available" {
+                    gauge!(metric::QUEUE_DUE).set(row.due as f64);
+                    gauge!(metric::QUEUE_OLDEST_DUE_AGE).set(row.oldest_due_secs);
                 }
-                gauge!(metric::QUEUE_EVENTS, "state" => queue_state).set(events as f64);
+                gauge!(metric::QUEUE_EVENTS, "state" => row.state).set(row.events as f64);
             }
         }
         Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not available for /metrics"),

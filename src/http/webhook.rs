@@ -20,12 +20,11 @@ use serde_json::json;
 
 use super::{ApiError, AppState, REQUEST_ID};
 use crate::config::Settings;
-use crate::singapay::json::to_jsonb_text;
 use crate::singapay::signature::{self, SignedHeaders, Verified};
 use crate::singapay::status::Transition;
 use crate::singapay::webhook::{self, column_text, Subject};
 use crate::singapay::Body;
-use crate::store::{Delivery, Rejection, Signed, StoreError, Stored, Write, Written};
+use crate::store::{to_jsonb_text, Delivery, Rejection, Signed, StoreError, Stored, Write, Written};
 use crate::telemetry::metric;
 
 /// Bodies larger than this are analysed on the blocking pool, so a large callback cannot

@@ -361,26 +361,6 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// JSON text that Postgres `jsonb` is certain to accept: NUL (which jsonb refuses) becomes
-/// U+FFFD and numbers `numeric` could not hold are kept as strings. The exact bytes are
-/// stored separately; this is the queryable copy.
-pub fn to_jsonb_text(v: &Value) -> String {
-    let number = |lit: &str, out: &mut String| {
-        let exp_ok = lit
-            .split_once(['e', 'E'])
-            .is_none_or(|(_, e)| e.trim_start_matches(['+', '-']).parse::<u32>().is_ok_and(|e| e <= 1000));
-        if lit.len() <= 100 && exp_ok {
-            out.push_str(lit);
-        } else {
-            super::canonical::escape_string(lit, out);
-        }
-    };
-    let string = |s: &str, out: &mut String| super::canonical::escape_string(&s.replace('\0', "\u{FFFD}"), out);
-    let mut out = String::new();
-    super::canonical::write_plain(v, &mut out, &number, &string);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

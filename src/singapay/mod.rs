@@ -2,10 +2,8 @@
 //! functions of (bytes, headers, clock, configuration).
 
 pub mod canonical;
-pub mod explain;
 pub mod json;
 pub mod signature;
-pub mod simulate;
 pub mod status;
 pub mod time;
 pub mod webhook;

@@ -194,9 +194,20 @@ fn mac(secret: &SecretString, message: &[u8]) -> HmacSha512 {
     m
 }
 
+/// Whether `received` (raw bytes) is the signature of `message` under `secret`, compared in
+/// constant time.
+pub fn matches(secret: &SecretString, message: &[u8], received: &[u8]) -> bool {
+    mac(secret, message).verify_slice(received).is_ok()
+}
+
+/// The lowercase hex signature of a string to sign.
+pub fn sign_message(secret: &SecretString, message: &[u8]) -> String {
+    hex::encode(mac(secret, message).finalize().into_bytes())
+}
+
 /// Lowercase hex signature, as Singapay sends it.
 pub fn sign(secret: &SecretString, endpoint: &[u8], token: &[u8], body: &[u8], timestamp: &[u8]) -> String {
-    hex::encode(mac(secret, &string_to_sign(endpoint, token, body, timestamp)).finalize().into_bytes())
+    sign_message(secret, &string_to_sign(endpoint, token, body, timestamp))
 }
 
 /// Checks a request against every credential and body form. Headers are checked first,
@@ -223,7 +234,7 @@ pub fn verify(
         let message = string_to_sign(endpoint, token, body, ts_raw);
         for cred in credentials {
             // verify_slice compares in constant time.
-            if mac(&cred.secret, &message).verify_slice(&received).is_ok() {
+            if matches(&cred.secret, &message, &received) {
                 let skew = (i128::from(now_secs) - i128::from(timestamp)).unsigned_abs();
                 return Ok(Verified {
                     form,

@@ -5,7 +5,10 @@
 mod batch;
 mod deliveries;
 mod events;
+mod jsonb;
+mod lookups;
 mod prune;
+pub mod queue;
 mod transactions;
 
 use std::time::Duration;
@@ -17,6 +20,11 @@ use sqlx::PgPool;
 pub use batch::{write, BatchError, Write, Written, BEGIN_BATCH, REPREPARE_EVERY};
 pub use deliveries::{Delivery, Outcome, Rejection, Signed, Stored};
 pub use events::{event_id, EVENT_NAMESPACE_NAME};
+pub use jsonb::to_jsonb_text;
+pub use lookups::{
+    create_database_if_missing, delivery_body, kept_request, lock_rejection, mark_replayed, queue_depth, Kept,
+    KeptRequest, QueueDepth, Rejected, RECENT_DELIVERIES,
+};
 pub use prune::{prune, PruneReport};
 pub use transactions::StateChange;
 

@@ -158,7 +158,7 @@ async fn an_oversized_upload_reads_a_413_not_a_reset() {
 /// in an unoptimised build (bigger frames than release).
 #[test]
 fn deep_bodies_are_handled_on_a_two_mebibyte_stack() {
-    use singapay_webhooks::singapay::{json, webhook, Body};
+    use singapay_webhooks::singapay::{webhook, Body};
     let work = || {
         for (depth, usable) in [(511, true), (512, false), (1_000_000, false)] {
             for (open, close) in [("{\"a\":", "}"), ("[", "]")] {
@@ -169,7 +169,7 @@ fn deep_bodies_are_handled_on_a_two_mebibyte_stack() {
                 assert_eq!(body.sorted().is_some(), usable, "depth {depth}");
                 if let Some(object) = body.object() {
                     let _ = webhook::classify(object);
-                    assert!(json::to_jsonb_text(object).len() >= 2 * depth);
+                    assert!(singapay_webhooks::store::to_jsonb_text(object).len() >= 2 * depth);
                 }
                 drop(body);
             }

@@ -17,5 +17,6 @@ mod outage;
 mod process;
 mod queue;
 mod retention;
+mod structure;
 mod tools;
 mod vectors;

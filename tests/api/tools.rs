@@ -4,9 +4,9 @@
 use std::process::Command;
 
 use rand::SeedableRng;
-use singapay_webhooks::singapay::simulate::{self, Spec};
 use singapay_webhooks::singapay::webhook::WebhookType;
 use singapay_webhooks::singapay::Body;
+use singapay_webhooks::tools::simulate::{self, Spec};
 
 use crate::helpers::{fresh_database, random_hex, TestApp, DEFAULT_PATH};
 use crate::process::{env, run};

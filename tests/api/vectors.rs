@@ -315,7 +315,7 @@ fn mutated_bodies_never_panic() {
             let body = Body::analyse(&b);
             if let Some(obj) = body.object() {
                 let _ = classify(obj);
-                let _ = singapay_webhooks::singapay::json::to_jsonb_text(obj);
+                let _ = singapay_webhooks::store::to_jsonb_text(obj);
             }
             // A one-byte signature can match nothing: whatever the body, it is refused.
             let refused = signature::verify(
@@ -336,7 +336,7 @@ fn mutated_bodies_never_panic() {
 /// deeper than PHP decodes, or with a lone surrogate, is blamed on its body.
 #[test]
 fn verify_blames_the_body_not_the_secret_where_php_rewrites_or_refuses_it() {
-    use singapay_webhooks::singapay::explain::{explain, Request, Verdict};
+    use singapay_webhooks::tools::explain::{explain, Request, Verdict};
     for v in load_vectors().into_iter().filter(|v| v.name.starts_with("tie/") || v.name.starts_with("depth/")) {
         let Some(sig) = v.canonical_signature.clone() else { continue };
         let auth = format!("Bearer {}", v.access_token);

@@ -9,15 +9,13 @@
 
 use std::fmt::Write as _;
 
-use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::Sha512;
 
-use super::canonical::{php_form_with, Style};
-use super::signature::{
-    bearer_token, parse_timestamp, sha256_hex, string_to_sign, string_to_sign_hashed, BodyForm, Credential,
+use crate::singapay::canonical::{php_form_with, Style};
+use crate::singapay::signature::{
+    self, bearer_token, parse_timestamp, sha256_hex, string_to_sign, string_to_sign_hashed, BodyForm, Credential,
 };
-use super::Body;
+use crate::singapay::Body;
 
 /// A request as received.
 #[derive(Debug, Clone, Copy)]
@@ -92,9 +90,7 @@ fn find(
     for (form, hash) in hashes {
         let msg = string_to_sign_hashed(endpoint, token, hash, ts);
         for (label, secret) in secrets {
-            let mut m = Hmac::<Sha512>::new_from_slice(secret.expose_secret().as_bytes()).expect("any key length");
-            m.update(&msg);
-            if m.verify_slice(received).is_ok() {
+            if signature::matches(secret, &msg, received) {
                 return Some((*form, label.clone()));
             }
         }
@@ -219,7 +215,7 @@ pub fn explain(req: &Request<'_>, credentials: &[Credential], now: i64, toleranc
         let _ = writeln!(t, "  {:<6} : {}", form.as_str(), String::from_utf8_lossy(&sts));
         debug_assert!(String::from_utf8_lossy(&sts).contains(hash.as_str()));
         for (label, secret) in &secrets {
-            let expected = super::signature::sign(secret, req.endpoint.as_bytes(), token, bytes, ts_raw);
+            let expected = signature::sign(secret, req.endpoint.as_bytes(), token, bytes, ts_raw);
             let ok = expected == sig_text;
             let _ = writeln!(t, "           {label:<16} {}  {}", short(&expected), if ok { "MATCH" } else { "-" });
             if ok && matched.is_none() {

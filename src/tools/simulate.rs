@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use serde_json::{json, Value};
 
-use super::webhook::WebhookType;
+use crate::singapay::webhook::WebhookType;
 
 /// What the caller chose; `None` means a sensible default (random where it is an id).
 #[derive(Debug, Clone, Default)]
