@@ -1,6 +1,7 @@
 //! Building and running the server, shared by `serve` and `dev`.
 
 use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,7 +11,42 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::Settings;
-use crate::http::{admin_router, router, AppState};
+use crate::http::{admin_router, router, AppState, Clock};
+
+/// The receiver, built once the way `serve` and `dev` run it (and the tests, which start it
+/// in-process): listeners bound, state made, intake writers started.
+pub struct Application {
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds `settings`' addresses (naming the variable when one fails) and makes the state:
+    /// system clock, Prometheus recorder installed.
+    pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Application> {
+        let (listener, admin) = bind(&settings).await?;
+        let mut state = AppState::new(pool, settings);
+        state.metrics = Some(crate::telemetry::metrics());
+        Ok(Application { listener, admin, state })
+    }
+
+    /// Where callbacks arrive (the port chosen, when the setting said 0).
+    pub fn address(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Replaces the clock (tests replay a vector at its own timestamp).
+    pub fn with_clock(mut self, clock: Clock) -> Application {
+        self.state.clock = clock;
+        self
+    }
+
+    /// Serves until `signals` says stop; see [`run`].
+    pub async fn run_until_stopped(self, signals: Signals) -> std::io::Result<()> {
+        run(self.listener, self.admin, self.state, signals).await
+    }
+}
 
 /// Serves callbacks on `listener` (and `/metrics` on `admin` when given) until a signal.
 ///
@@ -21,7 +57,7 @@ use crate::http::{admin_router, router, AppState};
 /// it. Then it stops accepting, lets in-flight callbacks finish — each is either committed
 /// and answered, or rolled back and unanswered — for at most `SHUTDOWN_TIMEOUT_SECS`, and
 /// returns.
-pub async fn run(
+async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
     state: AppState,
@@ -87,7 +123,7 @@ pub async fn run(
 }
 
 /// Binds the listeners `settings` asks for, naming the variable when one fails.
-pub async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
     use anyhow::Context;
     let main = TcpListener::bind(settings.listen_addr)
         .await
@@ -101,13 +137,6 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, Option<Tc
     Ok((main, admin))
 }
 
-/// The state `serve` and `dev` run with: system clock, Prometheus recorder installed.
-pub fn production_state(pool: PgPool, settings: Settings) -> AppState {
-    let mut state = AppState::new(pool, settings);
-    state.metrics = Some(crate::telemetry::metrics());
-    state
-}
-
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -119,21 +148,24 @@ pub enum Stop {
 
 /// SIGTERM and SIGINT, registered when created — before anything is announced, so that a
 /// signal that arrives early is never fatal.
-pub struct Signals {
-    term: Signal,
-    int: Signal,
-}
+pub struct Signals(Option<(Signal, Signal)>);
 
 impl Signals {
     pub fn install() -> std::io::Result<Signals> {
-        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Signals(Some((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))))
+    }
+
+    /// No signal ever: an application that runs until its runtime ends (the tests').
+    pub fn never() -> Signals {
+        Signals(None)
     }
 
     /// The next signal.
     pub async fn next(&mut self) -> Stop {
+        let Some((term, int)) = &mut self.0 else { return std::future::pending().await };
         tokio::select! {
-            _ = self.term.recv() => Stop::Drain,
-            _ = self.int.recv() => Stop::Now,
+            _ = term.recv() => Stop::Drain,
+            _ = int.recv() => Stop::Now,
         }
     }
 }

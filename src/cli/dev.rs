@@ -81,8 +81,9 @@ async fn run(
     if !listen_addr_set {
         settings.listen_addr = "127.0.0.1:8080".parse().expect("valid address");
     }
-    let (listener, admin) = startup::bind(settings).await.context("set LISTEN_ADDR to another port")?;
-    let mut addr = listener.local_addr()?;
+    let app =
+        startup::Application::build(settings.clone(), pool.clone()).await.context("set LISTEN_ADDR to another port")?;
+    let mut addr = app.address()?;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
@@ -140,8 +141,7 @@ async fn run(
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
     }
-    let state = startup::production_state(pool.clone(), settings.clone());
-    startup::run(listener, admin, state, signals).await?;
+    app.run_until_stopped(signals).await?;
     // As in `serve`: connections still stuck after the shutdown timeout are not waited for.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await;
     Ok(())

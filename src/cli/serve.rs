@@ -34,7 +34,7 @@ async fn run(settings: Settings, database_url: &SecretString, migrate: bool) -> 
             }
         });
     }
-    let (listener, admin) = startup::bind(&settings).await?;
+    let app = startup::Application::build(settings.clone(), pool.clone()).await?;
     tracing::info!(
         listen_addr = %settings.listen_addr,
         admin_listen_addr = settings.admin_listen_addr.map(|a| a.to_string()),
@@ -43,8 +43,7 @@ async fn run(settings: Settings, database_url: &SecretString, migrate: bool) -> 
         source_allowlist = settings.allowed_source_cidrs.is_some(),
         "receiver listening"
     );
-    let state = startup::production_state(pool.clone(), settings);
-    startup::run(listener, admin, state, signals).await?;
+    app.run_until_stopped(signals).await?;
     // Connections still busy after the shutdown timeout (a callback stuck on a lock) are not
     // waited for: leaving closes them, and Postgres rolls their transactions back.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await;

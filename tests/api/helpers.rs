@@ -11,13 +11,12 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
-use tokio::net::TcpListener;
 
-use singapay_webhooks::config::{LogFormat, Settings};
+use singapay_webhooks::config::Settings;
 use singapay_webhooks::embedded_pg::{self, Cluster};
-use singapay_webhooks::http::{router, AppState};
 use singapay_webhooks::singapay::signature::{self, Credential};
 use singapay_webhooks::singapay::Body;
+use singapay_webhooks::startup::{Application, Signals};
 use singapay_webhooks::store;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,33 +144,19 @@ pub async fn database_before_migration(version: i64) -> (String, PgPool) {
     (url, pool)
 }
 
+/// The settings `serve` would derive from an environment giving only the secret, plus what
+/// the tests need: an ephemeral port, no drain, a pool for heavy concurrency, text logs.
 pub fn default_settings(secret: &str) -> Settings {
-    Settings {
-        credentials: vec![credential("primary", secret)],
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_listen_addr: None,
-        allowed_source_cidrs: None,
-        trusted_proxy_hops: 0,
-        trusted_proxy_cidrs: None,
-        shutdown_timeout_secs: 25,
-        shutdown_drain_secs: 0,
-        connections: singapay_webhooks::http::server::ConnectionLimits {
-            max_connections: 1024,
-            header_read_timeout: std::time::Duration::from_secs(65),
-        },
-        body_read_timeout_secs: 15,
-        webhook_path: "/webhooks/singapay".into(),
-        signed_path_prefix: None,
-        timestamp_tolerance_secs: 300,
-        max_body_bytes: 1_048_576,
-        db_max_connections: 40,
-        intake: singapay_webhooks::intake::IntakeSettings {
-            writers: singapay_webhooks::config::default_writers(40),
-            batch_max: 256,
-            queue_capacity: 1024,
-        },
-        log_format: LogFormat::Text,
-    }
+    let secrets = format!("primary={secret}");
+    let vars = [
+        ("SINGAPAY_WEBHOOK_SECRETS", secrets.as_str()),
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("SHUTDOWN_DRAIN_SECS", "0"),
+        ("DB_MAX_CONNECTIONS", "40"),
+        ("LOG_FORMAT", "text"),
+    ];
+    let get = |k: &str| vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.to_string());
+    singapay_webhooks::config::Env::new(&get).settings(true).expect("the test settings are valid")
 }
 
 pub struct TestApp {
@@ -204,18 +189,16 @@ impl TestApp {
         let app_pool =
             store::pool(&SecretString::from(database_url.clone()), settings.db_max_connections).expect("app pool");
         let clock = Arc::new(AtomicI64::new(REAL_CLOCK));
-        let mut state = AppState::new(app_pool, settings);
-        state.metrics = Some(singapay_webhooks::telemetry::metrics());
         let c = clock.clone();
-        state.clock = Arc::new(move || match c.load(Ordering::SeqCst) {
-            REAL_CLOCK => now(),
-            fixed => fixed,
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-        });
+        // The application `serve` runs, in-process, with a clock the test can set.
+        let app = Application::build(settings, app_pool).await.expect("the application builds").with_clock(Arc::new(
+            move || match c.load(Ordering::SeqCst) {
+                REAL_CLOCK => now(),
+                fixed => fixed,
+            },
+        ));
+        let addr = app.address().unwrap();
+        tokio::spawn(app.run_until_stopped(Signals::never()));
         TestApp {
             addr,
             db,
