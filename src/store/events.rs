@@ -1,4 +1,4 @@
-//! The queue row's `payload`: a normalised, documented event document (README, "The event
+//! The queue row's `payload`: a normalised, documented event document (docs/consuming.md, "The event
 //! document"), never the raw body.
 
 use std::sync::OnceLock;

@@ -428,7 +428,7 @@ async fn a_callers_request_id_is_returned_and_stored() {
     assert_eq!(stored, "lb-trace-1234");
 }
 
-/// README, "What decides the payment state": money-out codes and money-in strings, each
+/// docs/design.md, "What decides the payment state": money-out codes and money-in strings, each
 /// on a transaction of its own; `SP001` without a status asks for an inquiry.
 #[tokio::test]
 async fn every_documented_status_code_and_string_sets_the_documented_state() {
@@ -496,7 +496,7 @@ async fn every_documented_status_code_and_string_sets_the_documented_state() {
     assert_eq!(rows, 0, "no state is invented");
 }
 
-/// README, "State machine": a failed subscription charge is retried by Singapay, so a later
+/// docs/design.md, "State machine": a failed subscription charge is retried by Singapay, so a later
 /// success applies; statuses with no known order replace each other in arrival order.
 #[tokio::test]
 async fn a_failed_charge_can_still_succeed_and_unranked_statuses_follow_arrival_order() {
@@ -689,7 +689,7 @@ async fn sub_variants_reach_their_transactions() {
 /// Pinned: a VA payment is keyed by `transaction_id` (DESIGN §4), a VA item of an
 /// expiration sweep by its `reff_no` (FACTS: the items' fields beyond `id` are unpinned), so
 /// the two meet on one key only when Singapay uses the same value for both. A sweep naming
-/// a paid VA's `reff_no` therefore does not touch the payment (README, "Classification").
+/// a paid VA's `reff_no` therefore does not touch the payment (docs/design.md, "Classification").
 #[tokio::test]
 async fn a_va_payment_and_a_va_sweep_item_meet_only_on_the_same_identifier() {
     let app = TestApp::spawn().await;

@@ -259,7 +259,7 @@ async fn without_notify_polling_still_delivers() {
     //       "disbursement:1405981222026031614220917745120:1").
     assert_eq!(events[0].event_id.to_string(), "38321d12-0565-55d9-953f-e5eebcc57078");
     let delivery_id: i64 = sqlx::query_scalar("SELECT id FROM singapay.deliveries").fetch_one(&app.db).await.unwrap();
-    // Every field of the event document (README, "The event document"), from the fixture.
+    // Every field of the event document (docs/consuming.md, "The event document"), from the fixture.
     let expected = serde_json::json!({
         "schema": "singapay.transaction_event.v1",
         "event_id": "38321d12-0565-55d9-953f-e5eebcc57078",
