@@ -24,7 +24,7 @@ use crate::singapay::signature::{self, SignedHeaders, Verified};
 use crate::singapay::status::Transition;
 use crate::singapay::webhook::{self, column_text, Subject};
 use crate::singapay::Body;
-use crate::store::{to_jsonb_text, Delivery, Rejection, Signed, StoreError, Stored, Write, Written};
+use crate::store::{to_jsonb_text, Delivery, Rejection, RejectionReason, Signed, StoreError, Stored, Write, Written};
 use crate::telemetry::metric;
 
 /// Bodies larger than this are analysed on the blocking pool, so a large callback cannot
@@ -415,7 +415,7 @@ fn storage_error(e: StoreError) -> ApiError {
 /// content is refused and kept for an operator to `replay`.
 async fn refuse_stale(state: &AppState, delivery: Delivery, notes: &Notes) -> Result<Answer, ApiError> {
     let webhook_type = delivery.classification.webhook_type.as_str();
-    let rejection = Rejection { signed: delivery.signed, reason: "stale_timestamp" };
+    let rejection = Rejection { signed: delivery.signed, reason: RejectionReason::StaleTimestamp };
     match state.intake.submit(Write::Stale(rejection)).await.map_err(storage_error)? {
         Written::Stored(s) => {
             counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);

@@ -34,6 +34,12 @@ pub enum BodyForm {
 }
 
 impl BodyForm {
+    pub const ALL: [BodyForm; 3] = [BodyForm::Php, BodyForm::Raw, BodyForm::Sorted];
+
+    pub fn parse(s: &str) -> Option<BodyForm> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BodyForm::Php => "php",

@@ -804,7 +804,7 @@ async fn insert_rejections(
     let mut reasons = Vec::new();
     for &row in &order {
         signed.push(&rejection(row).signed, rows[row].1);
-        reasons.push(rejection(row).reason);
+        reasons.push(rejection(row).reason.as_str());
     }
     let sql = format!(
         "INSERT INTO singapay.rejected_deliveries ({SIGNED_COLUMNS}, reason)

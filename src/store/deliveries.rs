@@ -41,7 +41,24 @@ pub struct Delivery {
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub signed: Signed,
-    pub reason: &'static str,
+    pub reason: RejectionReason,
+}
+
+/// `rejected_deliveries.reason`: why a correctly signed delivery was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionReason {
+    /// Its `X-Timestamp` is outside `TIMESTAMP_TOLERANCE_SECS`.
+    StaleTimestamp,
+}
+
+impl RejectionReason {
+    pub const ALL: [RejectionReason; 1] = [RejectionReason::StaleTimestamp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionReason::StaleTimestamp => "stale_timestamp",
+        }
+    }
 }
 
 /// `deliveries.outcome`: what a delivery did, decided before its row is written.

@@ -74,11 +74,7 @@ pub struct FormText(pub BodyForm);
 impl TryFrom<String> for FormText {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        [BodyForm::Php, BodyForm::Raw, BodyForm::Sorted]
-            .into_iter()
-            .find(|f| f.as_str() == s)
-            .map(FormText)
-            .ok_or_else(|| format!("signature_form {s:?} is outside its CHECK"))
+        BodyForm::parse(&s).map(FormText).ok_or_else(|| format!("signature_form {s:?} is outside its CHECK"))
     }
 }
 

@@ -18,7 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub use batch::{write, BatchError, Write, Written, BEGIN_BATCH, REPREPARE_EVERY};
-pub use deliveries::{Delivery, Outcome, Rejection, Signed, Stored};
+pub use deliveries::{Delivery, Outcome, Rejection, RejectionReason, Signed, Stored};
 pub use events::{event_id, EVENT_NAMESPACE_NAME};
 pub use jsonb::to_jsonb_text;
 pub use lookups::{

@@ -140,3 +140,38 @@ fn sql_is_written_only_in_the_store() {
     assert!(outside.is_empty(), "{outside:#?}");
     assert!(src()["store::batch"].contains("INSERT INTO "), "the check reads the store's statements");
 }
+
+/// The closed vocabularies the code writes are exactly what the schema's CHECK constraints
+/// allow: every enum value is accepted, and the constraint allows nothing the code lacks.
+#[tokio::test]
+async fn enums_match_the_check_constraints_they_are_written_to() {
+    use singapay_webhooks::singapay::signature::BodyForm;
+    use singapay_webhooks::store::{Outcome, RejectionReason};
+    let (_, db) = crate::helpers::fresh_database().await;
+    let allowed = |table: &'static str, column: &'static str| {
+        let db = db.clone();
+        async move {
+            let defs: Vec<String> = sqlx::query_scalar(
+                "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
+                  WHERE c.conrelid = ('singapay.' || $1)::regclass AND c.contype = 'c'
+                    AND pg_get_constraintdef(c.oid) LIKE '%(' || $2 || ' %'",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            assert_eq!(defs.len(), 1, "{table}.{column}: {defs:?}");
+            // CHECK ((outcome = ANY (ARRAY['applied'::text, …]))): the quoted literals.
+            defs[0].split('\'').skip(1).step_by(2).map(str::to_owned).collect::<BTreeSet<String>>()
+        }
+    };
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+    let outcomes: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+    assert_eq!(allowed("deliveries", "outcome").await, set(&outcomes));
+    let forms: Vec<&str> = BodyForm::ALL.iter().map(|f| f.as_str()).collect();
+    assert_eq!(allowed("deliveries", "signature_form").await, set(&forms));
+    assert_eq!(allowed("rejected_deliveries", "signature_form").await, set(&forms));
+    let reasons: Vec<&str> = RejectionReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(allowed("rejected_deliveries", "reason").await, set(&reasons));
+}

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::dev::{start_dev, stop_dev};
+use crate::process_dev::{start_dev, stop_dev};
 
 /// (commands, claimed output) for every ```sh walkthrough block.
 fn walkthrough(doc: &str) -> Vec<(String, String)> {
