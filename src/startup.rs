@@ -1,4 +1,4 @@
-//! Building and running the server, shared by `serve` and `dev`.
+//! Building and running the server: one `Application`, run by `serve`, `dev` and the tests.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;

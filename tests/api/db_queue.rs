@@ -236,6 +236,24 @@ async fn listen_wakes_a_waiting_consumer_as_soon_as_a_callback_commits() {
     assert_eq!(events[0].transaction_key, "va:3211120260314091205518");
 }
 
+/// Wake-ups are sent at most every 100 ms, but none is lost: a callback committed right
+/// after the one that woke the consumer (inside the same 100 ms) wakes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_right_after_a_wake_up_still_wakes_the_consumer() {
+    let app = TestApp::spawn().await;
+    let mut waiter = Waiter::new(&app.db, true, Duration::from_secs(60)).await.unwrap();
+    let first = payload("va-transaction");
+    let second = first.replace("3211120260314091205518", "WAKE-2");
+    assert_eq!(app.send(&first).await.status, 200);
+    assert!(tokio::time::timeout(Duration::from_secs(10), waiter.wait()).await.unwrap(), "woken by NOTIFY");
+    assert_eq!(app.send(&second).await.status, 200);
+    let started = Instant::now();
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter.wait()).await.unwrap();
+    assert!(woken && started.elapsed() < Duration::from_secs(5), "woken again after {:?}", started.elapsed());
+    let events = queue::claim(&app.db, "listener", 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(events.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_notify_polling_still_delivers() {
     let app = TestApp::spawn().await;
