@@ -249,3 +249,25 @@ fn the_compose_file_validates_with_secrets_from_files_and_refuses_placeholders()
     }
     assert!(!out.contains("SINGAPAY_WEBHOOK_SECRETS:"), "the secrets are not a variable:\n{out}");
 }
+
+/// A second signal during the drain ends it: an operator who means "now" is not made to
+/// wait, and the process still stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_drain_at_once() {
+    let (mut server, _secret, _db) = process::serve_fresh(&[("SHUTDOWN_DRAIN_SECS", "60")]).await;
+    server.signal("TERM");
+    let started = Instant::now();
+    loop {
+        let r = reqwest::get(server.url("/readyz")).await.expect("listening while draining");
+        if r.status() == 503 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "/readyz still 200");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}: {}", server.log_text());
+    assert!(started.elapsed() < Duration::from_secs(10), "the 60 s drain was cut short");
+    assert_eq!(lines_with(&server, "the drain ends now"), 1, "{}", server.log_text());
+}
