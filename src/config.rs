@@ -513,6 +513,24 @@ mod tests {
     use secrecy::ExposeSecret;
     use std::collections::HashMap;
 
+    #[test]
+    fn an_env_file_that_cannot_be_parsed_is_named_by_line_never_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(
+            &path,
+            "# settings\nLISTEN_ADDR=127.0.0.1:9\nSINGAPAY_WEBHOOK_SECRETS=default=s3cret with space\n",
+        )
+        .unwrap();
+        let err = EnvFile::read(&path).err().expect("refused");
+        assert!(err.contains("line 3 cannot be parsed"), "{err}");
+        assert!(!err.contains("s3cret") && !err.contains("with space"), "the value leaked: {err}");
+        std::fs::write(&path, "LISTEN_ADDR=127.0.0.1:9\n").unwrap();
+        let file = EnvFile::read(&path).unwrap();
+        assert_eq!(file.get("LISTEN_ADDR").as_deref(), Some("127.0.0.1:9"));
+        assert!(EnvFile::read(&dir.path().join("missing")).unwrap().get("LISTEN_ADDR").is_none());
+    }
+
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let get = move |k: &str| map.get(k).cloned();

@@ -12,9 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
-    let file = match cli.command.reads_env_file() {
-        true => EnvFile::read(Path::new(ENV_FILE)).unwrap_or_else(|e| fail(&e)),
-        false => EnvFile::default(),
+    let file = if cli.command.reads_env_file() {
+        EnvFile::read(Path::new(ENV_FILE)).unwrap_or_else(|e| fail(&e))
+    } else {
+        EnvFile::default()
     };
     let get = |k: &str| std::env::var(k).ok().or_else(|| file.get(k));
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(&format!("no async runtime: {e}")));
