@@ -33,7 +33,7 @@ pub async fn replay(env: &Env<'_>, args: ReplayArgs) -> Result<()> {
             let body = store::delivery_body(&mut tx, id).await?.with_context(|| format!("no delivery {id}"))?;
             let analysed = Body::analyse(&body);
             let object = analysed.object().context("the stored body is not a JSON object")?;
-            let write = Write::Reapply { delivery_id: id, classification: classify(object) };
+            let write = Write::Reapply { delivery_id: id, classification: store::fit_for_columns(classify(object)) };
             (format!("delivery {id}"), write_one(&mut tx, write).await?)
         }
         (None, Some(id)) => {
@@ -41,7 +41,7 @@ pub async fn replay(env: &Env<'_>, args: ReplayArgs) -> Result<()> {
             let body = r.body;
             let analysed = Body::analyse(&body);
             let object = analysed.object().context("the rejected body is not a JSON object")?;
-            let classification = classify(object);
+            let classification = store::fit_for_columns(classify(object));
             let payload = Some(to_jsonb_text(object));
             let delivery = Delivery {
                 signed: Signed {

@@ -22,9 +22,11 @@ use super::{ApiError, AppState, REQUEST_ID};
 use crate::config::Settings;
 use crate::singapay::signature::{self, SignedHeaders, Verified};
 use crate::singapay::status::Transition;
-use crate::singapay::webhook::{self, column_text, Subject};
+use crate::singapay::webhook::{self, Subject};
 use crate::singapay::Body;
-use crate::store::{to_jsonb_text, Delivery, Rejection, RejectionReason, Signed, StoreError, Stored, Write, Written};
+use crate::store::{
+    self, column_text, to_jsonb_text, Delivery, Rejection, RejectionReason, Signed, StoreError, Stored, Write, Written,
+};
 use crate::telemetry::metric;
 
 /// Bodies larger than this are analysed on the blocking pool, so a large callback cannot
@@ -358,7 +360,7 @@ fn classify(signed: Signed, body: &Body, notes: &Notes) -> Result<Delivery, ApiE
     if let Some(why) = body.php_refusal() {
         return Err(ApiError::InvalidBody(why));
     }
-    let classification = webhook::classify(object);
+    let classification = store::fit_for_columns(webhook::classify(object));
     notes.note(|f| {
         f.webhook_type = Some(classification.webhook_type.as_str());
         f.transaction_key = classification.single().map(|c| c.transaction_key.clone());

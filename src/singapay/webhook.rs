@@ -166,18 +166,10 @@ pub fn is_dashboard_test(body: &Value) -> bool {
     }
 }
 
-/// Text for a column: NUL (which Postgres text refuses) replaced, length bounded.
-pub fn column_text(s: &str) -> String {
-    const MAX: usize = 2048;
-    let mut end = s.len().min(MAX);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].replace('\0', "\u{FFFD}")
-}
-
+/// A free-text field as the callback says it (the store bounds it and replaces what its
+/// columns refuse).
 fn text(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_text).map(column_text)
+    v.and_then(Value::as_text).map(str::to_owned)
 }
 
 /// An identifier: a non-empty string or a number literal, short and printable (it is a

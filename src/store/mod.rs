@@ -3,6 +3,7 @@
 //! read followed by a write.
 
 mod batch;
+mod columns;
 mod deliveries;
 mod events;
 mod jsonb;
@@ -18,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub use batch::{write, BatchError, Write, Written, BEGIN_BATCH, REPREPARE_EVERY};
+pub use columns::{column_text, fit_for_columns};
 pub use deliveries::{Delivery, Outcome, Rejection, RejectionReason, Signed, Stored};
 pub use events::{event_id, EVENT_NAMESPACE_NAME};
 pub use jsonb::to_jsonb_text;
