@@ -184,9 +184,8 @@ pub async fn write_batch(pool: &PgPool, writes: &[Write]) -> Vec<Result<Written,
             Err(e) => {
                 if let StoreError::SchemaBehind(_) = e {
                     // An outage of its own kind, reported once a minute rather than per batch.
-                    static SCHEMA: std::sync::Mutex<Throttled> =
-                        std::sync::Mutex::new(Throttled::new(Duration::from_secs(60)));
-                    if let Some(repeats) = SCHEMA.lock().unwrap_or_else(|e| e.into_inner()).due() {
+                    static SCHEMA: Throttled = Throttled::new(Duration::from_secs(60));
+                    if let Some(repeats) = SCHEMA.due() {
                         tracing::warn!(
                             repeats_since_last_warning = repeats,
                             "the database schema is missing or behind this version: callbacks are answered 503 (Singapay retries) until `singapay-webhooks migrate` runs"

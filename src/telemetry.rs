@@ -1,6 +1,7 @@
 //! Logs: JSON by default (one object per line), `LOG_FORMAT=text` for people (the default
 //! of `dev`); level via `RUST_LOG`. Secrets, signatures and bearer tokens are never passed to a log call.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
@@ -26,27 +27,30 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
 }
 
 /// A warning logged at most once per period however often its cause recurs (a flood, an
-/// outage); the next one says how many were left out.
+/// outage); the next one says how many were left out. Shared freely (`static`, or one per
+/// accept loop): it locks for the moment it takes to decide.
 #[derive(Debug)]
 pub struct Throttled {
     every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
+    /// When it was last due, and how many times it was asked since.
+    state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Throttled {
     pub const fn new(every: Duration) -> Self {
-        Throttled { every, last: None, suppressed: 0 }
+        Throttled { every, state: Mutex::new((None, 0)) }
     }
 
     /// `Some(repeats left out since the last one)` when it is time to log again.
-    pub fn due(&mut self) -> Option<u64> {
-        if self.last.is_some_and(|t| t.elapsed() < self.every) {
-            self.suppressed += 1;
+    pub fn due(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, suppressed) = &mut *state;
+        if last.is_some_and(|t| t.elapsed() < self.every) {
+            *suppressed += 1;
             return None;
         }
-        self.last = Some(Instant::now());
-        Some(std::mem::take(&mut self.suppressed))
+        *last = Some(Instant::now());
+        Some(std::mem::take(suppressed))
     }
 }
 

@@ -27,9 +27,21 @@ fn dev_secret(data_dir: &Path) -> Result<String> {
     let mut bytes = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut bytes);
     let secret = format!("dev_{}", hex::encode(bytes));
-    fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    write_private(&path, &secret)?;
     Ok(secret)
+}
+
+/// Writes a file only its owner can read, from the moment it exists (it holds a secret).
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        // An older file keeps its mode on open: narrow it too.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents.as_bytes())
+    };
+    write().with_context(|| format!("writing {}", path.display()))
 }
 
 /// `dev`: never reads `.env` (its caller passes an environment without it).
@@ -83,10 +95,7 @@ async fn run(
     }
     let app =
         startup::Application::build(settings.clone(), pool.clone()).await.context("set LISTEN_ADDR to another port")?;
-    let mut addr = app.address()?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = super::local(app.address()?);
     let receiver = format!("http://{addr}{}", settings.webhook_path);
     let psql_url = cluster.url(DATABASE);
     let secret_file = data_dir.join("dev-secret");
@@ -103,21 +112,18 @@ async fn run(
         sh_quote(&receiver),
         sh_quote(&psql_url),
     );
-    if generated {
-        exports.push_str(&format!(
-            "export SINGAPAY_WEBHOOK_SECRETS={}\n",
-            sh_quote(&format!("dev={}", settings.credentials[0].secret.expose_secret()))
-        ));
+    // The generated credential, as SINGAPAY_WEBHOOK_SECRETS spells it.
+    let generated_entry = generated.then(|| format!("dev={}", settings.credentials[0].secret.expose_secret()));
+    if let Some(entry) = &generated_entry {
+        exports.push_str(&format!("export SINGAPAY_WEBHOOK_SECRETS={}\n", sh_quote(entry)));
     }
-    fs::write(&env_file, exports).with_context(|| format!("writing {}", env_file.display()))?;
-    fs::set_permissions(&env_file, fs::Permissions::from_mode(0o600))?;
-    let (secret_line, send_secret) = if generated {
-        (
-            format!("SINGAPAY_WEBHOOK_SECRETS=dev={}", settings.credentials[0].secret.expose_secret()),
+    write_private(&env_file, &exports)?;
+    let (secret_line, send_secret) = match &generated_entry {
+        Some(entry) => (
+            format!("SINGAPAY_WEBHOOK_SECRETS={entry}"),
             format!("SINGAPAY_WEBHOOK_SECRETS=dev=$(cat {}) ", sh_quote(&secret_file.display().to_string())),
-        )
-    } else {
-        ("from SINGAPAY_WEBHOOK_SECRETS".to_owned(), String::new())
+        ),
+        None => ("from SINGAPAY_WEBHOOK_SECRETS".to_owned(), String::new()),
     };
     let banner = format!(
         "singapay-webhooks dev\n\

@@ -1,7 +1,6 @@
 //! `healthcheck`: asks the local receiver's `/readyz` (or `/healthz` with `--live`) and
 //! exits 0 only on 200, for the container HEALTHCHECK (no curl in the image).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -11,15 +10,8 @@ use tokio::net::TcpStream;
 use crate::config::Env;
 
 pub async fn healthcheck(env: &Env<'_>, live: bool) -> Result<()> {
-    let listen_addr = env.settings(false)?.listen_addr;
+    let addr = super::local(env.settings(false)?.listen_addr);
     let path = if live { "/healthz" } else { "/readyz" };
-    let mut addr = listen_addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        });
-    }
     let ask = async {
         let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");

@@ -48,6 +48,19 @@ impl Command {
     }
 }
 
+/// Where to reach a listener on this machine: a wildcard address (`0.0.0.0`, `[::]`)
+/// becomes the loopback address of its family.
+pub(crate) fn local(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    addr
+}
+
 /// Prints a line to stdout. A closed stdout (`… | head`) loses the output, never the
 /// command: exit codes (verify's match/mismatch, send's 2xx check) must still hold.
 pub(crate) fn say(text: impl std::fmt::Display) {

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -7,8 +9,6 @@ use serde_json::json;
 use super::AppState;
 use crate::store;
 use crate::telemetry::Throttled;
-
-use std::time::Duration;
 
 /// Liveness: the process answers.
 pub async fn live() -> Response {
@@ -33,9 +33,9 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             }
             Err(e) => ("storage_unavailable", "Postgres answered the readiness check with an error.", Some(e)),
         };
-        static NOT_READY: std::sync::Mutex<Throttled> = std::sync::Mutex::new(Throttled::new(Duration::from_secs(60)));
+        static NOT_READY: Throttled = Throttled::new(Duration::from_secs(60));
         let detail = error.map(|e| format!(" ({e})")).unwrap_or_default();
-        if let Some(repeats) = NOT_READY.lock().unwrap_or_else(|e| e.into_inner()).due() {
+        if let Some(repeats) = NOT_READY.due() {
             tracing::warn!(code, repeats_since_last_warning = repeats, "not ready: {message}{detail}");
         }
         (code, message)

@@ -60,7 +60,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let silent = Arc::new(Silent::default());
     let graceful = GracefulShutdown::new();
-    let mut warnings = Throttled::new(Duration::from_secs(10));
+    let warnings = Throttled::new(Duration::from_secs(10));
     let mut next_id = 0u64;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
