@@ -5,10 +5,12 @@
 //!   BENCH_QUEUE_FINISHED=0,1000000,10000000 cargo bench --bench queue
 //!
 //! For each size, a throwaway durable cluster (fsync on) is filled with set-based SQL under
-//! the schema as it was before `20261123000001_queue_at_scale` (100,000 transactions, each
-//! with its share of finished versions), then migrated, timed: the migration's duration is
-//! the longest any lock it takes is held. Then, each time on 200,000 freshly queued events
-//! (two new versions per transaction, so the per-transaction order check has work to do):
+//! the schema as it was before `20261124000001_event_queue` (100,000 transactions, each
+//! with its share of finished versions), and 200,000 events are queued on top (two new
+//! versions per transaction, so the per-transaction order check has work to do). Then the
+//! rest of the migrations run, timed: the event-queue migration holds an exclusive lock on
+//! the events table from its first statement to its commit, so its duration is that
+//! lock's, with a 200,000-event backlog to move. Then, each time on 200,000 queued events:
 //!
 //! - 100 claims of 100 by one consumer, each acknowledged with `ack_events`: claim p50/p99
 //!   as the client sees it (with the commit and a round trip), and 100 more under
@@ -33,7 +35,7 @@ use sqlx::PgPool;
 const TRANSACTIONS: i64 = 100_000;
 const LEASE: Duration = Duration::from_secs(300);
 /// The first migration this benchmark measures; the table is filled under the ones before.
-const MIGRATION: i64 = 20261123000001;
+const MIGRATION: i64 = 20261124000001;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -102,26 +104,48 @@ const PAYLOAD: &str = "jsonb_build_object('event_id', gen_random_uuid(), 'transa
     'singapay_id', lpad(g::text, 31, '0'), 'merchant_reference', 'BENCH-' || g, 'delivery_id', NULL,
     'processed_at', now(), 'webhook_type', 'disbursement')";
 
-/// Two new versions for every transaction: 200,000 available events.
-async fn queue_more(db: &PgPool) {
-    sqlx::query(&format!(
-        "WITH t AS (
-            UPDATE singapay.transactions SET version = version + 2 WHERE transaction_key LIKE 'disbursement:bench-%'
-            RETURNING transaction_key, version)
-         INSERT INTO singapay.transaction_events
+/// Two new versions for every transaction: 200,000 available events. Before the migration
+/// they go into the events table as it was; after it, into the log and the queue, as intake
+/// writes them.
+async fn queue_more(db: &PgPool, migrated: bool) {
+    let insert = if migrated {
+        "WITH l AS (
+            INSERT INTO singapay.event_log
+                (event_id, transaction_key, version, webhook_type, from_status, to_status, response_code,
+                 transaction_status_code, payload)
+            SELECT * FROM new_events
+            RETURNING id, transaction_key, version)
+         INSERT INTO singapay.event_queue (id, transaction_key, version) SELECT * FROM l"
+    } else {
+        "INSERT INTO singapay.transaction_events
              (event_id, transaction_key, version, webhook_type, from_status, to_status, response_code,
               transaction_status_code, payload)
-         SELECT gen_random_uuid(), t.transaction_key, v, 'disbursement', 'pending', 'succeeded', 'SP000', '00',
-                {}
+         SELECT * FROM new_events"
+    };
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TEMPORARY TABLE new_events ON COMMIT DROP AS
+         WITH t AS (
+            UPDATE singapay.transactions SET version = version + 2 WHERE transaction_key LIKE 'disbursement:bench-%'
+            RETURNING transaction_key, version)
+         SELECT gen_random_uuid() AS event_id, t.transaction_key, v AS version, 'disbursement' AS webhook_type,
+                'pending' AS from_status, 'succeeded' AS to_status, 'SP000' AS response_code,
+                '00' AS transaction_status_code, {PAYLOAD} AS payload
            FROM t, LATERAL (VALUES (t.version - 1), (t.version)) AS x(v),
                 LATERAL (SELECT split_part(t.transaction_key, '-', 2)::int AS g) AS k
-          ORDER BY t.transaction_key, v",
-        PAYLOAD
+          ORDER BY t.transaction_key, v"
     ))
-    .execute(db)
+    .execute(&mut *tx)
     .await
     .unwrap();
-    sqlx::query("ANALYZE singapay.transaction_events").execute(db).await.unwrap();
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let analyze = if migrated {
+        "ANALYZE singapay.event_log, singapay.event_queue"
+    } else {
+        "ANALYZE singapay.transaction_events"
+    };
+    sqlx::query(analyze).execute(db).await.unwrap();
 }
 
 struct Drain {
@@ -132,7 +156,7 @@ struct Drain {
 /// `consumers` drain the queue: claim 100, then acknowledge the batch in one call or one
 /// event at a time.
 async fn drain(pool: &PgPool, consumers: usize, batch_ack: bool) -> Drain {
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.transaction_events WHERE state = 'available'")
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.event_queue WHERE state = 'available'")
         .fetch_one(pool)
         .await
         .unwrap();
@@ -200,12 +224,10 @@ async fn claim_latency(pool: &PgPool) -> [f64; 4] {
             .unwrap();
             let ms = plan.iter().find_map(|l| l.strip_prefix("Execution Time: ")?.strip_suffix(" ms")?.parse().ok());
             server.push(ms.expect("EXPLAIN ANALYZE reports the execution time"));
-            sqlx::query_scalar(
-                "SELECT id FROM singapay.transaction_events WHERE state = 'running' AND locked_by = 'latency'",
-            )
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap()
+            sqlx::query_scalar("SELECT id FROM singapay.event_queue WHERE state = 'running' AND locked_by = 'latency'")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap()
         };
         assert_eq!(ids.len(), 100);
         assert_eq!(queue::ack_many(pool, &ids, "latency").await.unwrap().len(), 100);
@@ -236,17 +258,18 @@ fn main() {
             sqlx::query("VACUUM ANALYZE singapay.transaction_events").execute(&pool).await.unwrap();
             sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
             eprintln!("{finished} finished events written in {:.0} s", filled.elapsed().as_secs_f64());
+            // The migration moves the unfinished events: give it a backlog to move.
+            queue_more(&pool, false).await;
             let t = Instant::now();
             MIGRATOR.run(&pool).await.unwrap();
             let migration_ms = t.elapsed().as_secs_f64() * 1000.0;
 
-            queue_more(&pool).await;
             let latency = claim_latency(&pool).await;
             // What the latency run left (180,000 events).
             let one = drain(&pool, 1, true).await;
-            queue_more(&pool).await;
+            queue_more(&pool, true).await;
             let four = drain(&pool, 4, true).await;
-            queue_more(&pool).await;
+            queue_more(&pool, true).await;
             let single_acks = drain(&pool, 4, false).await;
             pool.close().await;
             (finished, migration_ms, latency, four, one, single_acks)

@@ -531,13 +531,17 @@ async fn insert_all(
               FROM unnest($45::uuid[], $46::text[], $47::int4[], $48::text[], $49::text[], $50::text[],
                           $51::text[], $52::text[], $53::int8[], $54::bytea[], $55::text[])
                    AS u(eid, k, v, wt, fs, ts, rc, tsc, did, dsha, doc)
-         ), queued AS (
-            INSERT INTO singapay.transaction_events
+         ), logged AS (
+            INSERT INTO singapay.event_log
                 (event_id, transaction_key, version, webhook_type, from_status, to_status, response_code,
                  transaction_status_code, delivery_id, payload)
             SELECT eid, k, v, wt, fs, ts, rc, tsc, delivery_id,
                    jsonb_set(doc::jsonb, '{{delivery_id}}', to_jsonb(delivery_id))
               FROM e
+            RETURNING id, transaction_key, version
+         ), queued AS (
+            INSERT INTO singapay.event_queue (id, transaction_key, version)
+            SELECT id, transaction_key, version FROM logged
             RETURNING 1
          )
          SELECT content_sha256, id FROM d

@@ -14,14 +14,14 @@ pub struct PruneReport {
 
 /// Queue rows that are `done` and finished before the cutoff. `available`, `running` and
 /// `dead` rows are never touched: unfinished work, or failures someone must look at.
-const EVENTS: &str = "FROM singapay.transaction_events e WHERE e.state = 'done' AND e.finished_at < $1";
+const EVENTS: &str = "FROM singapay.event_log e WHERE e.state = 'done' AND e.finished_at < $1";
 
 /// Deliveries last received before the cutoff that are neither a transaction's current
 /// state nor the cause of a queue row still kept.
 const DELIVERIES: &str = "FROM singapay.deliveries d
     WHERE d.last_received_at < $1
       AND NOT EXISTS (SELECT 1 FROM singapay.transactions t WHERE t.last_delivery_id = d.id)
-      AND NOT EXISTS (SELECT 1 FROM singapay.transaction_events e WHERE e.delivery_id = d.id)";
+      AND NOT EXISTS (SELECT 1 FROM singapay.event_log e WHERE e.delivery_id = d.id)";
 
 const REJECTIONS: &str = "FROM singapay.rejected_deliveries r WHERE r.last_received_at < $1";
 
@@ -66,7 +66,7 @@ pub async fn prune(
         });
     }
     // Events first: deleting them is what frees their deliveries.
-    let events = delete_in_batches(pool, "singapay.transaction_events", "e", EVENTS, cutoff, batch).await?;
+    let events = delete_in_batches(pool, "singapay.event_log", "e", EVENTS, cutoff, batch).await?;
     let deliveries = delete_in_batches(pool, "singapay.deliveries", "d", DELIVERIES, cutoff, batch).await?;
     let rejections = delete_in_batches(pool, "singapay.rejected_deliveries", "r", REJECTIONS, cutoff, batch).await?;
     Ok(PruneReport { events, deliveries, rejections })

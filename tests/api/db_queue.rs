@@ -423,7 +423,7 @@ async fn steady_claim_buffers(finished: i32) -> i64 {
     .await
     .unwrap();
     // As autovacuum would have by then: statistics and a clean table.
-    sqlx::query("VACUUM ANALYZE singapay.transaction_events").execute(&db).await.unwrap();
+    sqlx::query("VACUUM ANALYZE singapay.event_log, singapay.event_queue").execute(&db).await.unwrap();
     let mut conn = db.acquire().await.unwrap();
     let mut costs = Vec::new();
     for _ in 0..10 {
@@ -536,7 +536,9 @@ async fn the_queue_migration_runs_on_a_populated_table_without_blocking_consumer
         .connect_with(options.options([("lock_timeout", "2s")]))
         .await
         .unwrap();
-    singapay_webhooks::store::MIGRATOR.run(&impatient).await.expect("the migration does not wait for the open claim");
+    // This migration alone (the next one, the event queue's, is tested below).
+    let (_dir, through) = crate::helpers::migrator_before(20261124000001).await;
+    through.run(&impatient).await.expect("the migration does not wait for the open claim");
     busy.commit().await.unwrap();
 
     let after = states(&db).await;
@@ -548,4 +550,190 @@ async fn the_queue_migration_runs_on_a_populated_table_without_blocking_consumer
     let next = queue::claim(&db, "after", 100, Duration::from_secs(60)).await.unwrap();
     assert!(!next.is_empty(), "claiming works after it");
     assert!(next.iter().all(|e| e.version == 4 || e.version == 5));
+}
+
+/// The event-queue migration on a table that holds events in every state, leases and a
+/// backed-off event included: every event keeps its state, leases taken before it are still
+/// live and fenced, the per-transaction order holds after it. It needs an exclusive lock,
+/// so it waits for a transaction that is using the table, and gives up after 5 s rather
+/// than hold every callback up behind it; run again, it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_queue_migration_moves_the_backlog_and_keeps_every_lease() {
+    const MIGRATION: i64 = 20261124000001;
+    let (url, db) = crate::helpers::database_before_migration(MIGRATION).await;
+    seed_events(&db, 2_000, 5).await;
+    for sql in [
+        "UPDATE singapay.transaction_events SET state = 'done', finished_at = now(), attempts = 1 WHERE version <= 3",
+        "UPDATE singapay.transaction_events SET state = 'dead', finished_at = now(), attempts = 25, last_error = 'gave up'
+          WHERE version = 4 AND transaction_key LIKE '%0'",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    let running = queue::claim(&db, "before", 50, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(running.len(), 50);
+    let backed_off = queue::claim(&db, "before", 1, Duration::from_secs(600)).await.unwrap();
+    assert!(queue::nack(&db, backed_off[0].id, "before", "not yet", Duration::from_secs(3600)).await.unwrap());
+    let before = states(&db).await;
+    let events = |db: PgPool| async move {
+        sqlx::query_as::<_, (i64, String, i32, Option<String>, Option<String>, Option<chrono::DateTime<chrono::Utc>>)>(
+            "SELECT id, state, attempts, locked_by, last_error, available_at FROM singapay.transaction_events ORDER BY id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    };
+    let rows_before = events(db.clone()).await;
+
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let migrate = || async {
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await.unwrap();
+        let started = std::time::Instant::now();
+        let result = singapay_webhooks::store::MIGRATOR.run(&pool).await;
+        (result, started.elapsed())
+    };
+    // A transaction in the middle of a claim: the migration waits for it, then gives up.
+    let mut busy = db.begin().await.unwrap();
+    let held: Vec<i64> = sqlx::query_scalar("SELECT id FROM singapay.claim_events('busy', 10, '10 minutes')")
+        .fetch_all(&mut *busy)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 10);
+    let (result, waited) = migrate().await;
+    let err = result.expect_err("the migration does not take the table from under an open transaction");
+    assert!(format!("{err:?}").contains("55P03"), "it gives up on the lock: {err:?}");
+    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(30), "{waited:?}");
+    busy.commit().await.unwrap();
+    let (result, _) = migrate().await;
+    result.expect("with the table free, it runs");
+
+    let after = states(&db).await;
+    assert_eq!(after["done"], before["done"]);
+    assert_eq!(after["dead"], before["dead"]);
+    assert_eq!(after["running"], before["running"] + 10);
+    assert_eq!(after["available"], before["available"] - 10);
+    let rows_after = events(db.clone()).await;
+    assert_eq!(rows_after.len(), rows_before.len());
+    let held: HashSet<i64> = held.into_iter().collect();
+    for (b, a) in rows_before.iter().zip(&rows_after) {
+        if !held.contains(&b.0) {
+            assert_eq!(a, b, "event {} is as it was", b.0);
+        }
+    }
+    let unfinished: i64 = sqlx::query_scalar("SELECT count(*) FROM singapay.event_queue").fetch_one(&db).await.unwrap();
+    assert_eq!(unfinished, after["available"] + after["running"], "the queue holds the unfinished events only");
+
+    let ids: Vec<i64> = running.iter().map(|e| e.id).collect();
+    assert!(queue::ack_many(&db, &ids, "someone else").await.unwrap().is_empty(), "leases are still fenced");
+    assert_eq!(queue::ack_many(&db, &ids, "before").await.unwrap(), ids, "leases taken before it are still live");
+    let mut claimed = Vec::new();
+    loop {
+        let next = queue::claim(&db, "after", 500, Duration::from_secs(60)).await.unwrap();
+        if next.is_empty() {
+            break;
+        }
+        let ids: Vec<i64> = next.iter().map(|e| e.id).collect();
+        assert_eq!(queue::ack_many(&db, &ids, "after").await.unwrap(), ids);
+        claimed.extend(next);
+    }
+    // Everything but the backed-off event, the busy session's 10 and what waits behind them.
+    assert!(claimed.len() > 3_000, "{}", claimed.len());
+    // Version 5 only once 4 is finished: dead, acknowledged above, or claimed and acknowledged
+    // in an earlier batch of this loop.
+    let mut four_finished: HashSet<String> = running.iter().map(|e| e.transaction_key.clone()).collect();
+    four_finished.extend((1..=2_000).filter(|g| g % 10 == 0).map(|g| format!("disbursement:seed-{g}")));
+    for e in &claimed {
+        assert!(e.version == 4 || e.version == 5, "only versions 4 and 5 were unfinished");
+        if e.version == 5 {
+            assert!(four_finished.contains(&e.transaction_key), "{}: 5 before 4", e.transaction_key);
+        } else {
+            four_finished.insert(e.transaction_key.clone());
+        }
+    }
+}
+
+/// `transaction_events` is a view over `event_log` and `event_queue`; SQL written against it
+/// as a table still works, and the queue holds an event exactly while it is unfinished:
+/// the re-drive of dead events that docs/consuming.md gives (run as written there), a
+/// delete, and an insert of an already finished event.
+#[tokio::test]
+async fn the_documented_redrive_and_plain_sql_on_transaction_events_keep_the_queue_right() {
+    let (_url, db) = fresh_database().await;
+    seed_events(&db, 3, 1).await;
+    let queued = |db: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT id FROM singapay.event_queue ORDER BY id").fetch_all(&db).await.unwrap()
+    };
+    let ids = queued(db.clone()).await;
+    assert_eq!(ids.len(), 3);
+
+    // One event dies on its only attempt.
+    sqlx::query("UPDATE singapay.transaction_events SET max_attempts = 1 WHERE id = $1")
+        .bind(ids[0])
+        .execute(&db)
+        .await
+        .unwrap();
+    let claimed = queue::claim(&db, "w", 3, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(queue::nack(&db, ids[0], "w", "poison", Duration::from_secs(1)).await.unwrap());
+    assert_eq!(queue::ack_many(&db, &ids[1..], "w").await.unwrap(), ids[1..].to_vec());
+    assert!(queued(db.clone()).await.is_empty(), "finished events leave the queue");
+    let (state, error, finished): (String, String, bool) = sqlx::query_as(
+        "SELECT state, last_error, finished_at IS NOT NULL FROM singapay.transaction_events WHERE id = $1",
+    )
+    .bind(ids[0])
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), error.as_str(), finished), ("dead", "poison", true));
+
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/consuming.md")).unwrap();
+    let redrive = doc
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix('`')?
+                .strip_suffix('`')
+                .filter(|s| s.starts_with("UPDATE singapay.transaction_events"))
+        })
+        .expect("docs/consuming.md shows how to re-drive dead events");
+    let n = sqlx::query(redrive).execute(&db).await.unwrap().rows_affected();
+    assert_eq!(n, 1, "{redrive}");
+    assert_eq!(queued(db.clone()).await, vec![ids[0]], "the re-driven event is queued again");
+    let again = queue::claim(&db, "w", 3, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(again.iter().map(|e| (e.id, e.attempts)).collect::<Vec<_>>(), vec![(ids[0], 1)]);
+    assert_eq!(queue::ack_many(&db, &[ids[0]], "w").await.unwrap(), vec![ids[0]]);
+    assert_eq!(states(&db).await["done"], 3);
+
+    // A delete through the view removes the event from both tables.
+    let n = sqlx::query("DELETE FROM singapay.transaction_events WHERE id = $1")
+        .bind(ids[1])
+        .execute(&db)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(n, 1);
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM singapay.event_log WHERE id = $1")
+            .bind(ids[1])
+            .fetch_one(&db)
+            .await
+            .unwrap(),
+        0
+    );
+    // An event inserted as finished is never queued; one inserted as available is.
+    sqlx::query(
+        "INSERT INTO singapay.transaction_events (event_id, transaction_key, version, webhook_type, to_status, payload, state, finished_at)
+         VALUES (gen_random_uuid(), 'disbursement:seed-2', 2, 'disbursement', 'succeeded', '{}', 'done', now()),
+                (gen_random_uuid(), 'disbursement:seed-3', 2, 'disbursement', 'succeeded', '{}', DEFAULT, NULL)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let versions: Vec<(String, i32, String)> = sqlx::query_as(
+        "SELECT e.transaction_key, e.version, e.state FROM singapay.event_queue q
+           JOIN singapay.transaction_events e USING (id) ORDER BY e.transaction_key",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(versions, vec![("disbursement:seed-3".into(), 2, "available".into())]);
 }

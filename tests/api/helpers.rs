@@ -129,6 +129,13 @@ pub async fn fresh_database() -> (String, PgPool) {
 /// applied: the schema a deployment had before it (migration tests then run the rest).
 pub async fn database_before_migration(version: i64) -> (String, PgPool) {
     let (url, pool) = empty_database().await;
+    let (_dir, old) = migrator_before(version).await;
+    old.run(&pool).await.expect("migrate to the old schema");
+    (url, pool)
+}
+
+/// A migrator for the migrations older than `version`; keep the directory while using it.
+pub async fn migrator_before(version: i64) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
     let dir = tempfile::tempdir().unwrap();
     let mut copied = 0;
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().flatten() {
@@ -140,8 +147,8 @@ pub async fn database_before_migration(version: i64) -> (String, PgPool) {
         }
     }
     assert!(copied > 0 && store::MIGRATOR.iter().any(|m| m.version == version), "{version} is a migration");
-    sqlx::migrate::Migrator::new(dir.path()).await.unwrap().run(&pool).await.expect("migrate to the old schema");
-    (url, pool)
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    (dir, migrator)
 }
 
 /// The settings `serve` would derive from an environment giving only the secret, plus what
