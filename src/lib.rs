@@ -7,6 +7,7 @@ pub mod config;
 pub mod embedded_pg;
 pub mod http;
 pub mod intake;
+pub mod reconcile;
 pub mod singapay;
 pub mod startup;
 pub mod store;

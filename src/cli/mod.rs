@@ -5,6 +5,7 @@ mod healthcheck;
 mod migrate;
 mod prune;
 mod replay;
+mod sandbox;
 mod send;
 mod serve;
 mod verify;
@@ -20,15 +21,16 @@ pub use healthcheck::healthcheck;
 pub use migrate::migrate;
 pub use prune::prune;
 pub use replay::{replay, ReplayArgs};
+pub use sandbox::{sandbox, SandboxArgs};
 pub use send::{send, SendArgs};
 pub use serve::serve;
 pub use verify::{verify, VerifyArgs};
 
 impl Command {
     /// `.env` configures the commands run against a deployment; never `dev`, which runs
-    /// its own database with its own secret.
+    /// its own database with its own secret, nor `sandbox`, which stands in for Singapay.
     pub fn reads_env_file(&self) -> bool {
-        !matches!(self, Command::Dev { .. })
+        !matches!(self, Command::Dev { .. } | Command::Sandbox(_))
     }
 
     /// Runs the command, each doing its own setup; false: it ran and its answer is "no"
@@ -43,6 +45,7 @@ impl Command {
             Command::Verify(args) => return verify(env, args).await,
             Command::Replay(args) => replay(env, args).await?,
             Command::Migrate => migrate(env, file).await?,
+            Command::Sandbox(args) => sandbox(args).await?,
         }
         Ok(true)
     }
@@ -120,4 +123,8 @@ pub enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Run a local stand-in for Singapay's REST API: access tokens (v1.1, signed with the
+    /// Asia/Jakarta date) and the inquiry endpoints, answering what is scripted over HTTP
+    /// (POST /_sandbox/transactions). For developing and testing reconciliation.
+    Sandbox(SandboxArgs),
 }

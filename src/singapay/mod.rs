@@ -2,6 +2,7 @@
 //! functions of (bytes, headers, clock, configuration).
 
 pub mod canonical;
+pub mod inquiry;
 pub mod json;
 pub mod signature;
 pub mod status;

@@ -314,3 +314,49 @@ async fn app_database_url(app: &TestApp) -> String {
     let options = app.db.connect_options();
     format!("postgres://{}@{}:{}/{db}", options.get_username(), options.get_host(), options.get_port())
 }
+
+/// `sandbox` as a command: with its default credentials it issues a token to a correctly
+/// signed request, answers what is scripted, says "not found" for the rest, and stops on
+/// Ctrl-C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_command_stands_in_for_singapays_api() {
+    use singapay_webhooks::reconcile::client::{ApiClient, ApiSettings};
+    use singapay_webhooks::singapay::inquiry::{self, Answer, Subject};
+    use singapay_webhooks::singapay::status::Product;
+
+    let port = singapay_webhooks::embedded_pg::free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = crate::process::serve(&["sandbox", "--listen", &listen], &[], port);
+    server.try_wait_for("/_sandbox/requests").await.expect("the sandbox starts");
+    let settings = ApiSettings {
+        base_url: format!("http://{listen}"),
+        client_id: "sandbox-client".into(),
+        client_secret: secrecy::SecretString::from("sandbox-secret".to_owned()),
+        partner_id: "sandbox-partner".into(),
+        timeout: std::time::Duration::from_secs(5),
+    };
+    let client = ApiClient::new(settings, std::sync::Arc::new(chrono::Utc::now)).unwrap();
+    let ask = |reference: &'static str| {
+        let client = &client;
+        async move {
+            let s = Subject {
+                product: Product::EwalletTopup,
+                key_id: "T-1",
+                singapay_id: None,
+                merchant_reference: Some(reference),
+            };
+            client.ask(Product::EwalletTopup, &inquiry::request(&s, "ACC").unwrap()).await.unwrap().answer
+        }
+    };
+    assert!(matches!(ask("UNKNOWN").await, Answer::NotFound { .. }));
+    let scripted = reqwest::Client::new()
+        .post(server.url("/_sandbox/transactions"))
+        .json(&serde_json::json!({"id": "TOPUP-1", "answers": ["06"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scripted.status(), 204);
+    assert!(matches!(ask("TOPUP-1").await, Answer::Status { status, .. } if status == "failed"));
+    server.signal("INT");
+    assert!(server.wait_exit(std::time::Duration::from_secs(10)).await.success());
+}
