@@ -503,21 +503,27 @@ async fn nack_events_gives_a_batch_back_with_backoff_and_dead_letters_the_last_a
     assert!(queue::claim(&db, "worker", 3, Duration::from_secs(60)).await.unwrap().is_empty(), "backing off");
 }
 
+/// A database with the schema as it was before `migration`: 2,000 transactions of five
+/// versions each, 1–3 done, 4 dead for every tenth transaction, the rest available.
+async fn finished_events_before_migration(migration: i64) -> (String, PgPool) {
+    let (url, db) = crate::helpers::database_before_migration(migration).await;
+    seed_events(&db, 2_000, 5).await;
+    for sql in [
+        "UPDATE singapay.transaction_events SET state = 'done', finished_at = now(), attempts = 1 WHERE version <= 3",
+        "UPDATE singapay.transaction_events SET state = 'dead', finished_at = now(), attempts = 25, last_error = 'gave up'
+          WHERE version = 4 AND transaction_key LIKE '%0'",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    (url, db)
+}
+
 /// The queue migration on a table that already holds events in every state, while another
 /// session has a claim and an insert open on it: it must not wait for them (no lock that
 /// blocks readers or writers), and every event keeps its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_migration_runs_on_a_populated_table_without_blocking_consumers() {
-    const MIGRATION: i64 = 20261123000001;
-    let (url, db) = crate::helpers::database_before_migration(MIGRATION).await;
-    seed_events(&db, 2_000, 5).await;
-    for sql in [
-        "UPDATE singapay.transaction_events SET state = 'done', finished_at = now(), attempts = 1 WHERE version <= 3",
-        "UPDATE singapay.transaction_events SET state = 'dead', finished_at = now(), attempts = 25
-          WHERE version = 4 AND transaction_key LIKE '%0'",
-    ] {
-        sqlx::query(sql).execute(&db).await.unwrap();
-    }
+    let (url, db) = finished_events_before_migration(20261123000001).await;
     let running = queue::claim(&db, "before", 50, Duration::from_secs(600)).await.unwrap();
     assert_eq!(running.len(), 50);
     let before = states(&db).await;
@@ -559,16 +565,7 @@ async fn the_queue_migration_runs_on_a_populated_table_without_blocking_consumer
 /// than hold every callback up behind it; run again, it completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_queue_migration_moves_the_backlog_and_keeps_every_lease() {
-    const MIGRATION: i64 = 20261124000001;
-    let (url, db) = crate::helpers::database_before_migration(MIGRATION).await;
-    seed_events(&db, 2_000, 5).await;
-    for sql in [
-        "UPDATE singapay.transaction_events SET state = 'done', finished_at = now(), attempts = 1 WHERE version <= 3",
-        "UPDATE singapay.transaction_events SET state = 'dead', finished_at = now(), attempts = 25, last_error = 'gave up'
-          WHERE version = 4 AND transaction_key LIKE '%0'",
-    ] {
-        sqlx::query(sql).execute(&db).await.unwrap();
-    }
+    let (url, db) = finished_events_before_migration(20261124000001).await;
     let running = queue::claim(&db, "before", 50, Duration::from_secs(600)).await.unwrap();
     assert_eq!(running.len(), 50);
     let backed_off = queue::claim(&db, "before", 1, Duration::from_secs(600)).await.unwrap();
