@@ -3,13 +3,16 @@
 //! project's INQUIRY notes: v1 and v2 envelopes, strings where numbers are expected, empty
 //! strings for absent times).
 //!
-//! Pure: the caller supplies the clock and does the HTTP.
+//! Pure: the caller supplies the clock and does the HTTP. Answers are read with the same
+//! parser as callbacks (`singapay::json`: bounded depth, numbers kept as written); request
+//! bodies are built with `serde_json`, for the HTTP client.
 
 use chrono::{DateTime, FixedOffset, Utc};
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::Sha512;
 
+use super::json::{self, Value};
 use super::status::{self, Product};
 
 /// Asia/Jakarta is UTC+7 all year.
@@ -33,7 +36,7 @@ pub fn token_signature(client_id: &str, client_secret: &str, now: DateTime<Utc>)
 /// The path and body of the v1.1 token request.
 pub const TOKEN_PATH: &str = "/api/v1.1/access-token/b2b";
 
-pub fn token_body() -> Value {
+pub fn token_body() -> serde_json::Value {
     json!({ "grant_type": "client_credentials" })
 }
 
@@ -58,7 +61,7 @@ pub enum TokenRefused {
 /// Reads the token endpoint's answer: `{"status":200,"success":true,"data":{"access_token":
 /// "…","expires_in":"216000"}}` (`expires_in` a string of seconds, or a number).
 pub fn read_token(http_status: u16, body: &[u8]) -> Result<Token, TokenRefused> {
-    let v: Option<Value> = serde_json::from_slice(body).ok();
+    let v = json::parse(body).ok().map(|p| p.value);
     let message = || v.as_ref().and_then(error_message).unwrap_or_else(|| excerpt(body));
     match http_status {
         401 => return Err(TokenRefused::Credentials(message())),
@@ -67,11 +70,11 @@ pub fn read_token(http_status: u16, body: &[u8]) -> Result<Token, TokenRefused> 
         s => return Err(TokenRefused::Other(format!("HTTP {s}: {}", message()))),
     }
     let data = v.as_ref().and_then(|v| v.get("data"));
-    let token = data.and_then(|d| d.get("access_token")).and_then(Value::as_str).filter(|t| !t.is_empty());
+    let token = data.and_then(|d| d.get("access_token")).and_then(text);
     let expires = data.and_then(|d| d.get("expires_in")).and_then(number);
     match (token, expires) {
-        (Some(t), Some(e)) if e > 0 => Ok(Token { access_token: t.to_owned(), expires_in_secs: e }),
-        (Some(t), None) => Ok(Token { access_token: t.to_owned(), expires_in_secs: 3600 }),
+        (Some(t), Some(e)) if e > 0 => Ok(Token { access_token: t, expires_in_secs: e }),
+        (Some(t), None) => Ok(Token { access_token: t, expires_in_secs: 3600 }),
         _ => Err(TokenRefused::Other(format!("no access_token in the answer: {}", message()))),
     }
 }
@@ -97,7 +100,7 @@ pub struct InquiryRequest {
     pub method: Method,
     /// Path and query, from `/api/…`.
     pub path: String,
-    pub body: Option<Value>,
+    pub body: Option<serde_json::Value>,
 }
 
 /// What we know of a transaction to ask about it.
@@ -130,7 +133,7 @@ pub fn can_ask(product: Product) -> bool {
 /// has no inquiry or we lack the identifier it needs.
 pub fn request(s: &Subject<'_>, account_id: &str) -> Option<InquiryRequest> {
     let account = path_segment(account_id)?;
-    let post = |path: String, body: Value| InquiryRequest { method: Method::Post, path, body: Some(body) };
+    let post = |path: String, body: serde_json::Value| InquiryRequest { method: Method::Post, path, body: Some(body) };
     let get = |path: String| InquiryRequest { method: Method::Get, path, body: None };
     // Money-out is asked by our own reference_number.
     let reference = s.merchant_reference.filter(|r| !r.is_empty() && r.len() <= 64);
@@ -165,13 +168,13 @@ pub fn request(s: &Subject<'_>, account_id: &str) -> Option<InquiryRequest> {
 /// What an inquiry answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// The transaction's status, normalised as a callback's would be.
+    /// The transaction's status, normalised as a callback's would be (the whole answer is
+    /// the caller's to keep).
     Status {
         status: String,
         /// `transaction_status.code` (money-out), when there is one.
         status_code: Option<String>,
         response_code: Option<String>,
-        data: Value,
     },
     /// `SP009`/`SP008`/HTTP 404: Singapay does not know the transaction (yet).
     NotFound { response_code: Option<String> },
@@ -190,7 +193,7 @@ pub enum Answer {
 /// (`{response_code, response_message, data}`) envelopes, list answers (a lookup by
 /// reference), strings for numbers.
 pub fn read_answer(product: Product, http_status: u16, body: &[u8]) -> Answer {
-    let v: Option<Value> = serde_json::from_slice(body).ok();
+    let v = json::parse(body).ok().map(|p| p.value);
     let code = v
         .as_ref()
         .and_then(|v| v.get("response_code").or_else(|| v.at(&["error", "code"])))
@@ -215,15 +218,17 @@ pub fn read_answer(product: Product, http_status: u16, body: &[u8]) -> Answer {
     if code.as_deref().is_some_and(|c| c != "SP000") {
         return Answer::Unreadable { reason: message() };
     }
-    let Some(mut data) = v.as_ref().and_then(|v| v.get("data")).cloned() else {
+    let Some(data) = v.as_ref().and_then(|v| v.get("data")) else {
         return Answer::Unreadable { reason: format!("no data: {}", excerpt(body)) };
     };
     // A lookup by reference answers a list (or a page of one).
-    if let Some(first) = list_first(&data) {
-        data = first;
-    } else if data.is_array() || data.get("data").is_some_and(Value::is_array) {
-        return Answer::NotFound { response_code: code };
-    }
+    let data = match data.as_array().or_else(|| data.get("data").and_then(Value::as_array)) {
+        Some(list) => match list.first().filter(|f| f.is_object()) {
+            Some(first) => first,
+            None => return Answer::NotFound { response_code: code },
+        },
+        None => data,
+    };
     // Money-out says it in transaction_status.code (as its callbacks do); money-in in a
     // status string.
     let money_out = matches!(product, Product::Disbursement | Product::EwalletTopup | Product::QrisIssuer);
@@ -237,55 +242,28 @@ pub fn read_answer(product: Product, http_status: u16, body: &[u8]) -> Answer {
     } else {
         ["status", "status_computed"]
             .iter()
-            .filter_map(|k| data.get(*k).and_then(text))
+            .filter_map(|k| data.get(k).and_then(text))
             .find_map(|s| status::status_from_money_in(&s).map(str::to_owned))
     };
     match status {
-        Some(status) => Answer::Status { status, status_code, response_code: code, data },
+        Some(status) => Answer::Status { status, status_code, response_code: code },
         None => Answer::Unreadable { reason: format!("no status Singapay's model knows in: {}", excerpt(body)) },
     }
 }
 
-fn list_first(data: &Value) -> Option<Value> {
-    let list = match data {
-        Value::Array(items) => items,
-        Value::Object(o) => o.get("data").and_then(Value::as_array)?,
-        _ => return None,
-    };
-    list.first().filter(|f| f.is_object()).cloned()
-}
-
-trait At {
-    fn at(&self, path: &[&str]) -> Option<&Value>;
-}
-
-impl At for Value {
-    fn at(&self, path: &[&str]) -> Option<&Value> {
-        path.iter().try_fold(self, |v, k| v.get(*k))
-    }
-}
-
-/// A string, or a number written as one (Singapay sends both).
+/// A string, or a number written as one (Singapay sends both), trimmed and non-empty.
 fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+    v.as_text().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 fn number(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
+    v.as_text()?.trim().parse().ok()
 }
 
 fn error_message(v: &Value) -> Option<String> {
     ["response_message", "message"]
         .iter()
-        .find_map(|k| v.get(*k).and_then(text))
+        .find_map(|k| v.get(k).and_then(text))
         .or_else(|| v.at(&["error", "message"]).and_then(text))
 }
 

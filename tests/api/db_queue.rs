@@ -518,6 +518,17 @@ async fn finished_events_before_migration(migration: i64) -> (String, PgPool) {
     (url, db)
 }
 
+/// A transaction that has claimed 10 events (as `busy`) and not committed yet.
+async fn open_claim(db: &PgPool) -> (sqlx::Transaction<'static, sqlx::Postgres>, Vec<i64>) {
+    let mut busy = db.begin().await.unwrap();
+    let held: Vec<i64> = sqlx::query_scalar("SELECT id FROM singapay.claim_events('busy', 10, '10 minutes')")
+        .fetch_all(&mut *busy)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 10);
+    (busy, held)
+}
+
 /// The queue migration on a table that already holds events in every state, while another
 /// session has a claim and an insert open on it: it must not wait for them (no lock that
 /// blocks readers or writers), and every event keeps its state.
@@ -529,12 +540,7 @@ async fn the_queue_migration_runs_on_a_populated_table_without_blocking_consumer
     let before = states(&db).await;
 
     // Another session is in the middle of a claim and an insert.
-    let mut busy = db.begin().await.unwrap();
-    let held: Vec<i64> = sqlx::query_scalar("SELECT id FROM singapay.claim_events('busy', 10, '10 minutes')")
-        .fetch_all(&mut *busy)
-        .await
-        .unwrap();
-    assert_eq!(held.len(), 10);
+    let (busy, _held) = open_claim(&db).await;
 
     let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
     let impatient = sqlx::postgres::PgPoolOptions::new()
@@ -589,12 +595,7 @@ async fn the_event_queue_migration_moves_the_backlog_and_keeps_every_lease() {
         (result, started.elapsed())
     };
     // A transaction in the middle of a claim: the migration waits for it, then gives up.
-    let mut busy = db.begin().await.unwrap();
-    let held: Vec<i64> = sqlx::query_scalar("SELECT id FROM singapay.claim_events('busy', 10, '10 minutes')")
-        .fetch_all(&mut *busy)
-        .await
-        .unwrap();
-    assert_eq!(held.len(), 10);
+    let (busy, held) = open_claim(&db).await;
     let (result, waited) = migrate().await;
     let err = result.expect_err("the migration does not take the table from under an open transaction");
     assert!(format!("{err:?}").contains("55P03"), "it gives up on the lock: {err:?}");
