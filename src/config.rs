@@ -68,6 +68,20 @@ pub const VARIABLES: &[&str] = &[
     "HEADER_READ_TIMEOUT_SECS",
     "BODY_READ_TIMEOUT_SECS",
     "PG_BIN_DIR",
+    "SINGAPAY_API_URL",
+    "SINGAPAY_CLIENT_ID",
+    "SINGAPAY_CLIENT_SECRET",
+    "SINGAPAY_CLIENT_SECRET_FILE",
+    "SINGAPAY_PARTNER_ID",
+    "SINGAPAY_ACCOUNT_ID",
+    "SINGAPAY_API_TIMEOUT_SECS",
+    "RECONCILE_MONEY_OUT_OVERDUE_SECS",
+    "RECONCILE_MONEY_IN_OVERDUE_SECS",
+    "RECONCILE_CONCURRENCY",
+    "RECONCILE_BACKOFF_SECS",
+    "RECONCILE_BACKOFF_MAX_SECS",
+    "RECONCILE_NOT_FOUND_ATTEMPTS",
+    "RECONCILE_INTERVAL_SECS",
 ];
 
 /// How the receiver behaves; everything `serve` needs except the database URL.
@@ -342,6 +356,86 @@ impl<'a> Env<'a> {
     }
 }
 
+impl Env<'_> {
+    /// Reconciliation's settings: `None` when no Singapay API credential is set (it is off),
+    /// an error naming the first one missing when only some are. The tuning variables are
+    /// checked either way.
+    pub fn reconcile(&self) -> Result<Option<crate::reconcile::ReconcileSettings>, ConfigError> {
+        use std::time::Duration;
+        let timeout = Duration::from_secs(self.ranged("SINGAPAY_API_TIMEOUT_SECS", 15, 1, 300)?);
+        let money_out_overdue =
+            Duration::from_secs(self.ranged("RECONCILE_MONEY_OUT_OVERDUE_SECS", 15 * 60, 1, 90 * 86_400)?);
+        let money_in_overdue =
+            Duration::from_secs(self.ranged("RECONCILE_MONEY_IN_OVERDUE_SECS", 86_400, 1, 90 * 86_400)?);
+        let concurrency = self.ranged("RECONCILE_CONCURRENCY", 4, 1, 256)? as usize;
+        let backoff = Duration::from_secs(self.ranged("RECONCILE_BACKOFF_SECS", 60, 1, 86_400)?);
+        let backoff_max = Duration::from_secs(self.ranged("RECONCILE_BACKOFF_MAX_SECS", 3600, 1, 7 * 86_400)?);
+        if backoff_max < backoff {
+            return Err(bad("RECONCILE_BACKOFF_MAX_SECS", "must be at least RECONCILE_BACKOFF_SECS"));
+        }
+        let not_found_attempts = self.ranged("RECONCILE_NOT_FOUND_ATTEMPTS", 5, 1, 1000)? as u32;
+        let interval = Duration::from_secs(self.ranged("RECONCILE_INTERVAL_SECS", 30, 1, 3600)?);
+
+        let api_url = self.raw("SINGAPAY_API_URL");
+        let client_id = self.raw("SINGAPAY_CLIENT_ID");
+        let client_secret = self.secret("SINGAPAY_CLIENT_SECRET", "SINGAPAY_CLIENT_SECRET_FILE")?;
+        let partner_id = self.raw("SINGAPAY_PARTNER_ID");
+        let account_id = self.raw("SINGAPAY_ACCOUNT_ID");
+        let given = [
+            ("SINGAPAY_API_URL", api_url.is_some()),
+            ("SINGAPAY_CLIENT_ID", client_id.is_some()),
+            ("SINGAPAY_CLIENT_SECRET", client_secret.as_deref().is_some_and(|s| !s.is_empty())),
+            ("SINGAPAY_PARTNER_ID", partner_id.is_some()),
+            ("SINGAPAY_ACCOUNT_ID", account_id.is_some()),
+        ];
+        let present: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+        let missing: Vec<&'static str> = given.iter().filter(|g| !g.1).map(|g| g.0).collect();
+        if present.is_empty() {
+            return Ok(None);
+        }
+        if let Some(&first) = missing.first() {
+            return Err(bad(
+                first,
+                format!(
+                    "is required for reconciliation, which {} turns on (set all of SINGAPAY_API_URL, SINGAPAY_CLIENT_ID, SINGAPAY_CLIENT_SECRET, SINGAPAY_PARTNER_ID, SINGAPAY_ACCOUNT_ID, or none)",
+                    present.join(", ")
+                ),
+            ));
+        }
+        let base_url = api_url.unwrap_or_default().trim().trim_end_matches('/').to_owned();
+        match reqwest::Url::parse(&base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() => {}
+            _ => {
+                return Err(bad(
+                    "SINGAPAY_API_URL",
+                    "must be an http(s) URL such as https://payment-b2b.singapay.id (no query)",
+                ))
+            }
+        }
+        let account_id = account_id.unwrap_or_default().trim().to_owned();
+        if !account_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) || account_id.len() > 128 {
+            return Err(bad("SINGAPAY_ACCOUNT_ID", "must be letters, digits, '-', '_' or '.' (the sub-account id)"));
+        }
+        Ok(Some(crate::reconcile::ReconcileSettings {
+            api: crate::reconcile::ApiSettings {
+                base_url,
+                client_id: client_id.unwrap_or_default().trim().to_owned(),
+                client_secret: SecretString::from(client_secret.unwrap_or_default()),
+                partner_id: partner_id.unwrap_or_default().trim().to_owned(),
+                timeout,
+            },
+            account_id,
+            money_out_overdue,
+            money_in_overdue,
+            concurrency,
+            backoff,
+            backoff_max,
+            not_found_attempts,
+            interval,
+        }))
+    }
+}
+
 /// The log filter from `RUST_LOG` (default `info,sqlx=warn`); a malformed one is a
 /// start-up error, not a silent fallback.
 fn log_filter(rust_log: Option<&str>) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
@@ -535,6 +629,59 @@ mod tests {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let get = move |k: &str| map.get(k).cloned();
         Env::new(&get).settings(true)
+    }
+
+    fn reconcile(vars: &[(&str, &str)]) -> Result<Option<crate::reconcile::ReconcileSettings>, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let get = move |k: &str| map.get(k).cloned();
+        Env::new(&get).reconcile()
+    }
+
+    const API: [(&str, &str); 5] = [
+        ("SINGAPAY_API_URL", "https://sandbox-payment-b2b.singapay.id/"),
+        ("SINGAPAY_CLIENT_ID", "client-1"),
+        ("SINGAPAY_CLIENT_SECRET", "secret-1"),
+        ("SINGAPAY_PARTNER_ID", "partner-1"),
+        ("SINGAPAY_ACCOUNT_ID", "01JACCOUNT"),
+    ];
+
+    #[test]
+    fn reconciliation_is_on_with_every_credential_and_off_with_none() {
+        assert!(reconcile(&[]).unwrap().is_none());
+        let r = reconcile(&API).unwrap().expect("on");
+        assert_eq!(r.api.base_url, "https://sandbox-payment-b2b.singapay.id");
+        assert_eq!((r.account_id.as_str(), r.api.partner_id.as_str()), ("01JACCOUNT", "partner-1"));
+        assert_eq!((r.money_out_overdue.as_secs(), r.money_in_overdue.as_secs()), (900, 86_400));
+        assert_eq!((r.backoff.as_secs(), r.backoff_max.as_secs(), r.concurrency), (60, 3600, 4));
+        assert!(!format!("{r:?}").contains("secret-1"), "the secret is never printed");
+    }
+
+    #[test]
+    fn half_a_reconciliation_configuration_names_what_is_missing() {
+        for (missing, (name, _)) in API.iter().enumerate() {
+            let vars: Vec<(&str, &str)> =
+                API.iter().enumerate().filter(|(i, _)| *i != missing).map(|(_, v)| *v).collect();
+            let e = reconcile(&vars).unwrap_err();
+            assert_eq!(e.var, *name);
+            assert!(e.to_string().contains("SINGAPAY_CLIENT_ID") || missing == 1, "{e}");
+        }
+        let mut vars = API.to_vec();
+        vars[0].1 = "payment-b2b.singapay.id";
+        assert_eq!(reconcile(&vars).unwrap_err().var, "SINGAPAY_API_URL");
+        vars[0].1 = "https://x.example";
+        vars.push(("RECONCILE_BACKOFF_SECS", "600"));
+        vars.push(("RECONCILE_BACKOFF_MAX_SECS", "60"));
+        assert_eq!(reconcile(&vars).unwrap_err().var, "RECONCILE_BACKOFF_MAX_SECS");
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_maximum() {
+        let mut r = reconcile(&API).unwrap().unwrap();
+        r.backoff = std::time::Duration::from_secs(60);
+        r.backoff_max = std::time::Duration::from_secs(300);
+        let waits: Vec<u64> = (1..=6).map(|asked| r.backoff_after(asked)).collect();
+        assert_eq!(waits, [60, 120, 240, 300, 300, 300]);
+        assert_eq!(r.backoff_after(1000), 300);
     }
 
     #[test]

@@ -78,6 +78,11 @@ pub mod metric {
     pub const OPEN_CONNECTIONS: &str = "singapay_open_connections";
     pub const CONNECTION_LIMIT_HITS: &str = "singapay_connection_limit_hits_total";
     pub const ACCEPT_ERRORS: &str = "singapay_accept_errors_total";
+    pub const INQUIRIES: &str = "singapay_inquiries_total";
+    pub const INQUIRY_DURATION: &str = "singapay_inquiry_duration_seconds";
+    pub const RECONCILE_CHECKS: &str = "singapay_reconcile_checks";
+    pub const RECONCILE_HALTED: &str = "singapay_reconcile_halted";
+    pub const RECONCILE_GAVE_UP: &str = "singapay_reconcile_gave_up_total";
 }
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
@@ -146,6 +151,24 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
                 "Times a new connection found MAX_CONNECTIONS open (a silent one was closed or it waited)."
             );
             describe_counter!(metric::ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), survived.");
+            describe_counter!(
+                metric::INQUIRIES,
+                "Questions to Singapay's API by product and answer (status, not_found, retry_later, token_rejected, forbidden, unreadable, no_token)."
+            );
+            describe_histogram!(
+                metric::INQUIRY_DURATION,
+                Unit::Seconds,
+                "Time of one inquiry exchange, token included."
+            );
+            describe_gauge!(
+                metric::RECONCILE_CHECKS,
+                "Transactions to ask Singapay about, by reason (needs_inquiry, overdue, requested) and state (open, gave_up)."
+            );
+            describe_gauge!(
+                metric::RECONCILE_HALTED,
+                "1 while inquiries are stopped because Singapay refused this receiver's credentials or IP address."
+            );
+            describe_counter!(metric::RECONCILE_GAVE_UP, "Checks given up after repeated not-found answers, by product.");
             handle
         })
         .clone()

@@ -47,6 +47,7 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 /// `dev`: never reads `.env` (its caller passes an environment without it).
 pub async fn dev(env: &Env<'_>, data_dir: PathBuf) -> Result<()> {
     let mut settings = env.settings(false)?;
+    let reconcile = env.reconcile()?;
     if !env.drain_set() {
         // No load balancer in front of a laptop.
         settings.shutdown_drain_secs = 0;
@@ -67,7 +68,7 @@ pub async fn dev(env: &Env<'_>, data_dir: PathBuf) -> Result<()> {
         Ok(cluster)
     })
     .await??;
-    let result = run(&mut settings, &data_dir, &cluster, listen_addr_set, signals).await;
+    let result = run(&mut settings, reconcile, &data_dir, &cluster, listen_addr_set, signals).await;
     let stopping = cluster.clone();
     let stopped = tokio::task::spawn_blocking(move || stopping.stop()).await?;
     result.and(stopped)
@@ -75,6 +76,7 @@ pub async fn dev(env: &Env<'_>, data_dir: PathBuf) -> Result<()> {
 
 async fn run(
     settings: &mut Settings,
+    reconcile: Option<crate::reconcile::ReconcileSettings>,
     data_dir: &Path,
     cluster: &Cluster,
     listen_addr_set: bool,
@@ -147,7 +149,11 @@ async fn run(
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
     }
+    let reconciler = crate::reconcile::start(&pool, reconcile)?;
     app.run_until_stopped(signals).await?;
+    if let Some(task) = reconciler {
+        task.abort();
+    }
     // As in `serve`: connections still stuck after the shutdown timeout are not waited for.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await;
     Ok(())

@@ -4,6 +4,7 @@ mod dev;
 mod healthcheck;
 mod migrate;
 mod prune;
+mod reconcile;
 mod replay;
 mod sandbox;
 mod send;
@@ -20,6 +21,7 @@ pub use dev::dev;
 pub use healthcheck::healthcheck;
 pub use migrate::migrate;
 pub use prune::prune;
+pub use reconcile::{reconcile, ReconcileArgs};
 pub use replay::{replay, ReplayArgs};
 pub use sandbox::{sandbox, SandboxArgs};
 pub use send::{send, SendArgs};
@@ -46,6 +48,7 @@ impl Command {
             Command::Replay(args) => replay(env, args).await?,
             Command::Migrate => migrate(env, file).await?,
             Command::Sandbox(args) => sandbox(args).await?,
+            Command::Reconcile(args) => reconcile(env, file, args).await?,
         }
         Ok(true)
     }
@@ -127,4 +130,8 @@ pub enum Command {
     /// Asia/Jakarta date) and the inquiry endpoints, answering what is scripted over HTTP
     /// (POST /_sandbox/transactions). For developing and testing reconciliation.
     Sandbox(SandboxArgs),
+    /// Ask Singapay's API now about every due check (callbacks that need an inquiry,
+    /// overdue transactions, requested checks), once, and apply the answers
+    /// (docs/reconciling.md).
+    Reconcile(ReconcileArgs),
 }

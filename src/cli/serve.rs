@@ -2,18 +2,25 @@ use anyhow::{Context, Result};
 use secrecy::SecretString;
 
 use crate::config::{Env, EnvFile, Settings};
+use crate::reconcile::{self, ReconcileSettings};
 use crate::{startup, store, telemetry};
 
 /// `serve [--migrate]`.
 pub async fn serve(env: &Env<'_>, file: &EnvFile, migrate: bool) -> Result<()> {
     let settings = env.settings(true)?;
     let url = env.require_database_url()?;
+    let reconcile = env.reconcile()?;
     telemetry::init(settings.log_format, env.log_filter()?);
     file.announce();
-    run(settings, &url, migrate).await
+    run(settings, reconcile, &url, migrate).await
 }
 
-async fn run(settings: Settings, database_url: &SecretString, migrate: bool) -> Result<()> {
+async fn run(
+    settings: Settings,
+    reconcile: Option<ReconcileSettings>,
+    database_url: &SecretString,
+    migrate: bool,
+) -> Result<()> {
     let signals = startup::Signals::install()?;
     let pool = store::pool(database_url, settings.db_max_connections).context("DATABASE_URL")?;
     if migrate {
@@ -43,7 +50,11 @@ async fn run(settings: Settings, database_url: &SecretString, migrate: bool) -> 
         source_allowlist = settings.allowed_source_cidrs.is_some(),
         "receiver listening"
     );
+    let reconciler = reconcile::start(&pool, reconcile)?;
     app.run_until_stopped(signals).await?;
+    if let Some(task) = reconciler {
+        task.abort();
+    }
     // Connections still busy after the shutdown timeout (a callback stuck on a lock) are not
     // waited for: leaving closes them, and Postgres rolls their transactions back.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), pool.close()).await;

@@ -432,5 +432,6 @@ async fn refuse_stale(state: &AppState, delivery: Delivery, notes: &Notes) -> Re
             notes.note(|f| f.rejected_delivery_id = Some(rejection_id));
             Err(ApiError::StaleTimestamp)
         }
+        Written::Inquired { .. } => Err(ApiError::Internal),
     }
 }

@@ -231,7 +231,7 @@ pub fn read_answer(product: Product, http_status: u16, body: &[u8]) -> Answer {
     };
     // Money-out says it in transaction_status.code (as its callbacks do); money-in in a
     // status string.
-    let money_out = matches!(product, Product::Disbursement | Product::EwalletTopup | Product::QrisIssuer);
+    let money_out = product.is_money_out();
     // A code sent as a number (3) has lost its leading zero ("03").
     let status_code = data.at(&["transaction_status", "code"]).and_then(text).map(|c| match c.as_bytes() {
         [d] if d.is_ascii_digit() => format!("0{c}"),

@@ -19,6 +19,33 @@ pub enum Product {
 }
 
 impl Product {
+    pub const ALL: [Product; 12] = [
+        Product::Va,
+        Product::Qris,
+        Product::PaymentLink,
+        Product::Ewallet,
+        Product::Disbursement,
+        Product::EwalletTopup,
+        Product::QrisIssuer,
+        Product::Settlement,
+        Product::SettlementRefund,
+        Product::SubscriptionBill,
+        Product::SubscriptionPlan,
+        Product::DirectDebit,
+    ];
+
+    /// The product a stored name (`transactions.product`) or a transaction key's prefix
+    /// (`disbursement:…`) names.
+    pub fn from_name(name: &str) -> Option<Product> {
+        let name = name.split_once(':').map_or(name, |(p, _)| p);
+        Product::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Money leaving the merchant's account: its state is a `transaction_status.code`.
+    pub fn is_money_out(self) -> bool {
+        matches!(self, Product::Disbursement | Product::EwalletTopup | Product::QrisIssuer)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Product::Va => "va",
@@ -188,6 +215,16 @@ pub fn needs_inquiry(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn products_are_found_by_name_and_by_key() {
+        for p in Product::ALL {
+            assert_eq!(Product::from_name(p.as_str()), Some(p));
+        }
+        assert_eq!(Product::from_name("disbursement:PAYOUT-1"), Some(Product::Disbursement));
+        assert_eq!(Product::from_name("payment_link:a:b"), Some(Product::PaymentLink));
+        assert_eq!(Product::from_name("nothing:1"), None);
+    }
 
     #[test]
     fn money_out_codes_decide_the_state() {

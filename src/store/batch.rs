@@ -19,6 +19,7 @@ use sqlx::PgConnection;
 
 use super::deliveries::{Delivery, Outcome, Rejection, Signed, Stored};
 use super::events::{self, EventFacts};
+use super::inquiries::{self, Inquiry};
 use super::transactions::{Context, DeliveryRef, Ledger, TransactionRow, ROW_COLUMNS};
 use crate::singapay::status::Transition;
 use crate::singapay::webhook::{Classification, Subject};
@@ -33,6 +34,9 @@ pub enum Write {
     Stale(Rejection),
     /// A stored delivery through the state machine again (`replay --delivery`).
     Reapply { delivery_id: i64, classification: Classification },
+    /// An answer from Singapay's API: recorded, its status (if it told one) applied like a
+    /// callback's, its check settled.
+    Inquiry(Box<Inquiry>),
 }
 
 impl Write {
@@ -41,7 +45,7 @@ impl Write {
         match self {
             Write::Deliver(d) => Some(&d.signed),
             Write::Stale(r) => Some(&r.signed),
-            Write::Reapply { .. } => None,
+            Write::Reapply { .. } | Write::Inquiry(_) => None,
         }
     }
 }
@@ -54,12 +58,21 @@ pub enum Written {
     Rejected {
         rejection_id: i64,
     },
+    /// An inquiry's answer, recorded in `inquiries`; what applying its status did.
+    Inquired {
+        inquiry_id: i64,
+        change: Option<super::StateChange>,
+    },
 }
 
 impl Written {
     /// Whether writing it added queue rows (a change was applied).
     pub fn queued_events(&self) -> bool {
-        matches!(self, Written::Stored(s) if s.changes.iter().any(|c| c.transition == Transition::Applied))
+        match self {
+            Written::Stored(s) => s.changes.iter().any(|c| c.transition == Transition::Applied),
+            Written::Inquired { change, .. } => change.as_ref().is_some_and(|c| c.transition == Transition::Applied),
+            Written::Rejected { .. } => false,
+        }
     }
 }
 
@@ -85,6 +98,7 @@ enum Fate {
     SameAsNew { row: usize },
     Rejected { row: usize },
     Reapplied { id: i64, outcome: Outcome, changes: Vec<super::StateChange> },
+    Inquired { item: usize, change: Option<super::StateChange> },
 }
 
 /// Batches after which a connection's prepared statements are dropped, so that Postgres
@@ -153,12 +167,51 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
                 let outcome = if applied_now || previous == Outcome::Unrecognised { outcome } else { previous };
                 Fate::Reapplied { id: *delivery_id, outcome, changes }
             }
+            Write::Inquiry(q) => {
+                // A transaction is created only from the delivery that asked for the
+                // inquiry (its first and last delivery); one with neither row nor such a
+                // delivery is not invented from an answer.
+                let change = q.change.as_ref().and_then(|ch| {
+                    let status = ch.status.as_deref()?;
+                    let delivery = match q.delivery_id {
+                        Some(id) => DeliveryRef::Stored(id),
+                        None if ledger.rows.contains_key(&ch.transaction_key) => DeliveryRef::Keep,
+                        None => return None,
+                    };
+                    let ctx = Context {
+                        delivery,
+                        webhook_type: INQUIRY_WEBHOOK_TYPE,
+                        event: None,
+                        response_code: q.response_code.as_deref(),
+                        inquiry: Some(i),
+                    };
+                    Some(ledger.apply(ch, status, ctx))
+                });
+                Fate::Inquired { item: i, change }
+            }
         };
         fates.push(fate);
     }
 
-    // Write.
-    let new_ids = insert_all(conn, items, &new_rows, &ledger).await.map_err(raced_on_unique_violation)?;
+    // Write. Inquiries first: their events name them.
+    let mut inquiry_ids = HashMap::new();
+    for fate in &fates {
+        if let Fate::Inquired { item, change } = fate {
+            if let Write::Inquiry(q) = &items[*item] {
+                inquiry_ids.insert(*item, inquiries::record(conn, q, change.as_ref()).await?);
+            }
+        }
+    }
+    let new_ids = insert_all(conn, items, &new_rows, &ledger, &inquiry_ids).await.map_err(raced_on_unique_violation)?;
+    for (&item, &id) in &inquiry_ids {
+        if let Write::Inquiry(q) = &items[item] {
+            let not_found = q.answer == "not_found";
+            inquiries::finish_check(conn, &q.transaction_key, &q.asked_by, &q.next, Some(id), not_found).await?;
+            if q.change.as_ref().is_some_and(|c| c.status.is_some()) {
+                inquiries::clear_needs_inquiry(conn, &q.transaction_key).await?;
+            }
+        }
+    }
     count_retries(conn, &retries).await?;
     let rejection_ids = insert_rejections(conn, items, &rejections).await?;
     update_reapplied(conn, items, &delivery_updates).await?;
@@ -185,9 +238,13 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
             Fate::Reapplied { id, outcome, changes } => {
                 Written::Stored(Stored { delivery_id: id, duplicate: false, outcome, changes })
             }
+            Fate::Inquired { item, change } => Written::Inquired { inquiry_id: inquiry_ids[&item], change },
         })
         .collect())
 }
+
+/// `webhook_type` of the events an inquiry's answer causes.
+pub const INQUIRY_WEBHOOK_TYPE: &str = "inquiry";
 
 /// A unique violation while inserting means a concurrent writer stored the same content or
 /// created the same transaction first (its commit is visible to a retry).
@@ -212,6 +269,7 @@ fn apply<'a>(
         webhook_type: c.webhook_type.as_str(),
         event: c.event.as_deref(),
         response_code: c.response_code.as_deref(),
+        inquiry: None,
     };
     let mut changes = Vec::new();
     let mut outcome = Outcome::of(c);
@@ -291,9 +349,13 @@ async fn read(conn: &mut PgConnection, items: &[Write]) -> Result<(Vec<Transacti
         .flat_map(|item| match item {
             Write::Deliver(d) => Some(&d.classification),
             Write::Reapply { classification, .. } => Some(classification),
-            Write::Stale(_) => None,
+            Write::Stale(_) | Write::Inquiry(_) => None,
         })
         .flat_map(keys_of)
+        .chain(items.iter().filter_map(|item| match item {
+            Write::Inquiry(q) => q.change.as_ref().filter(|c| c.status.is_some()).map(|c| c.transaction_key.as_str()),
+            _ => None,
+        }))
         .collect();
     keys.sort_unstable();
     keys.dedup();
@@ -451,6 +513,7 @@ fn by_ref(r: DeliveryRef, new_sha: &impl Fn(usize) -> [u8; 32]) -> (Option<i64>,
     match r {
         DeliveryRef::Stored(id) => (Some(id), None),
         DeliveryRef::New(row) => (None, Some(new_sha(row))),
+        DeliveryRef::Keep => (None, None),
     }
 }
 
@@ -466,6 +529,7 @@ async fn insert_all(
     items: &[Write],
     rows: &[NewDelivery],
     ledger: &Ledger<'_>,
+    inquiry_ids: &HashMap<usize, i64>,
 ) -> Result<Vec<i64>, BatchError> {
     if rows.is_empty() && ledger.events.is_empty() && !ledger.rows.values().any(|t| t.changed) {
         return Ok(Vec::new());
@@ -494,7 +558,7 @@ async fn insert_all(
 
     let mut e = EventColumns::default();
     for ev in &ledger.events {
-        e.push(ev, &new_sha);
+        e.push(ev, &new_sha, inquiry_ids);
     }
 
     let sql = format!(
@@ -526,7 +590,8 @@ async fn insert_all(
             UPDATE singapay.transactions x
                SET status = t.s, version = t.v, transaction_status_code = t.tsc, last_response_code = t.lrc,
                    amount = t.amt::numeric, currency = t.cur, singapay_id = t.sid, merchant_reference = t.mref,
-                   processed_at = t.pa, last_delivery_id = t.last_id, updated_at = now()
+                   processed_at = t.pa, last_delivery_id = coalesce(t.last_id, x.last_delivery_id),
+                   updated_at = now()
               FROM t WHERE t.stored AND x.transaction_key = t.k
             RETURNING 1
          ), e AS (
@@ -539,7 +604,8 @@ async fn insert_all(
                 (event_id, transaction_key, version, webhook_type, from_status, to_status, response_code,
                  transaction_status_code, delivery_id, payload)
             SELECT eid, k, v, wt, fs, ts, rc, tsc, delivery_id,
-                   jsonb_set(doc::jsonb, '{{delivery_id}}', to_jsonb(delivery_id))
+                   CASE WHEN delivery_id IS NULL THEN doc::jsonb
+                        ELSE jsonb_set(doc::jsonb, '{{delivery_id}}', to_jsonb(delivery_id)) END
               FROM e
             RETURNING id, transaction_key, version
          ), queued AS (
@@ -724,9 +790,16 @@ struct EventColumns<'a> {
 }
 
 impl<'a> EventColumns<'a> {
-    fn push(&mut self, e: &'a super::transactions::PlannedEvent<'a>, new_sha: &impl Fn(usize) -> [u8; 32]) {
+    fn push(
+        &mut self,
+        e: &'a super::transactions::PlannedEvent<'a>,
+        new_sha: &impl Fn(usize) -> [u8; 32],
+        inquiry_ids: &HashMap<usize, i64>,
+    ) {
         let event_id = events::event_id(&e.change.transaction_key, e.version);
-        let (id, sha) = by_ref(e.ctx.delivery, new_sha);
+        let inquiry_id = e.ctx.inquiry.and_then(|item| inquiry_ids.get(&item).copied());
+        // An inquiry's event names its inquiry, not a delivery.
+        let (id, sha) = if inquiry_id.is_some() { (None, None) } else { by_ref(e.ctx.delivery, new_sha) };
         self.document.push(
             events::document(&EventFacts {
                 event_id,
@@ -738,7 +811,8 @@ impl<'a> EventColumns<'a> {
                 event: e.ctx.event,
                 response_code: e.ctx.response_code,
                 // Set by the statement once the delivery's id is known.
-                delivery_id: id.unwrap_or(0),
+                delivery_id: if inquiry_id.is_some() { None } else { Some(id.unwrap_or(0)) },
+                inquiry_id,
             })
             .to_string(),
         );

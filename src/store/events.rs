@@ -27,12 +27,15 @@ pub struct EventFacts<'a> {
     pub webhook_type: &'a str,
     pub event: Option<&'a str>,
     pub response_code: Option<&'a str>,
-    pub delivery_id: i64,
+    /// The delivery that caused the change; `None` for an inquiry's answer.
+    pub delivery_id: Option<i64>,
+    /// The inquiry whose answer caused the change.
+    pub inquiry_id: Option<i64>,
 }
 
 pub fn document(f: &EventFacts<'_>) -> serde_json::Value {
     let c = f.change;
-    json!({
+    let mut doc = json!({
         "schema": "singapay.transaction_event.v1",
         "event_id": f.event_id,
         "transaction_key": c.transaction_key,
@@ -50,5 +53,11 @@ pub fn document(f: &EventFacts<'_>) -> serde_json::Value {
         "transaction_status_code": c.transaction_status_code,
         "occurred_at": c.occurred_at.map(|t| t.to_rfc3339()),
         "delivery_id": f.delivery_id,
-    })
+    });
+    // Present only on events from an inquiry, so callbacks' documents stay as they were.
+    if let Some(id) = f.inquiry_id {
+        doc["source"] = json!("inquiry");
+        doc["inquiry_id"] = json!(id);
+    }
+    doc
 }

@@ -6,6 +6,7 @@ mod batch;
 mod columns;
 mod deliveries;
 mod events;
+pub mod inquiries;
 mod jsonb;
 mod lookups;
 mod prune;
@@ -18,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-pub use batch::{write, BatchError, Write, Written, BEGIN_BATCH, REPREPARE_EVERY};
+pub use batch::{write, BatchError, Write, Written, BEGIN_BATCH, INQUIRY_WEBHOOK_TYPE, REPREPARE_EVERY};
 pub use columns::{column_text, fit_for_columns};
 pub use deliveries::{Delivery, Outcome, Rejection, RejectionReason, Signed, Stored};
 pub use events::{event_id, EVENT_NAMESPACE_NAME};

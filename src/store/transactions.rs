@@ -21,11 +21,13 @@ pub struct StateChange {
 }
 
 /// Which delivery caused something: one already stored, or the n-th new row of the batch
-/// (its id is known once the batch's deliveries are inserted).
+/// (its id is known once the batch's deliveries are inserted); `Keep` for an inquiry's
+/// answer about a stored transaction, which leaves its deliveries as they were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryRef {
     Stored(i64),
     New(usize),
+    Keep,
 }
 
 /// A `singapay.transactions` row as the batch sees it.
@@ -66,6 +68,8 @@ pub struct Context<'a> {
     pub webhook_type: &'a str,
     pub event: Option<&'a str>,
     pub response_code: Option<&'a str>,
+    /// For an inquiry's answer: the batch item it is (its id is known once it is inserted).
+    pub inquiry: Option<usize>,
 }
 
 /// One queue row to write.
@@ -93,9 +97,9 @@ impl<'a> Ledger<'a> {
                     row,
                     stored: true,
                     changed: false,
-                    // Only read for rows the batch creates.
-                    first_delivery: DeliveryRef::Stored(0),
-                    last_delivery: DeliveryRef::Stored(0),
+                    // Stored rows keep theirs unless a delivery changes them.
+                    first_delivery: DeliveryRef::Keep,
+                    last_delivery: DeliveryRef::Keep,
                 };
                 (t.row.transaction_key.clone(), t)
             })
@@ -149,7 +153,9 @@ impl<'a> Ledger<'a> {
                     }
                     r.version += 1;
                     t.changed = true;
-                    t.last_delivery = ctx.delivery;
+                    if ctx.delivery != DeliveryRef::Keep {
+                        t.last_delivery = ctx.delivery;
+                    }
                 }
                 (transition, Some(current), t.row.version)
             }

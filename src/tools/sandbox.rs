@@ -9,12 +9,13 @@
 //!   names: the `reference_number` of a money-out inquiry, the id or `reff_no` of a money-in
 //!   one. An answer is a money-out status code (`00`…`07`), a money-in status (`paid`,
 //!   `unpaid`, `expired`…), or a fault: `SP002`, `SP005`, `SP009`, `SP013`, `SP017`, `401`,
-//!   `403`, `500`, or `hang` (no answer for a minute).
+//!   `403`, `500`, or `hang` (no answer for a minute); `slow:<answer>` answers after 300 ms.
 //! - `POST /_sandbox/revoke`: forgets every token issued (the next inquiry gets 401).
 //! - `POST /_sandbox/token-fault` `{"answer": "403"}`: the token endpoint answers that
 //!   (`401`, `403`, `500`) until set to `null`.
 //! - `GET /_sandbox/requests`: every request so far, in order (`kind` is `token` or
-//!   `inquiry`, with the `id` asked about and what was answered).
+//!   `inquiry`, with the `id` asked about, what was answered, when (`at_ms`), and how many
+//!   other inquiries about the same id were still unanswered when it came (`concurrent`)).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,8 @@ struct Inner {
     scripts: HashMap<String, Script>,
     token_fault: Option<String>,
     requests: Vec<Logged>,
+    /// Inquiries being answered now, by the id they ask about.
+    in_flight: HashMap<String, u32>,
 }
 
 /// One request the sandbox received.
@@ -66,6 +69,12 @@ pub struct Logged {
     pub path: String,
     pub id: Option<String>,
     pub answered: String,
+    /// When it arrived (milliseconds since the Unix epoch, the sandbox's clock).
+    #[serde(default)]
+    pub at_ms: i64,
+    /// Other inquiries about the same id still unanswered when it arrived.
+    #[serde(default)]
+    pub concurrent: u32,
 }
 
 pub struct Sandbox {
@@ -85,7 +94,37 @@ impl Sandbox {
     }
 
     fn log(&self, kind: &str, path: &str, id: Option<String>, answered: &str) {
-        self.state().requests.push(Logged { kind: kind.into(), path: path.into(), id, answered: answered.into() });
+        self.log_concurrent(kind, path, id, answered, 0);
+    }
+
+    fn log_concurrent(&self, kind: &str, path: &str, id: Option<String>, answered: &str, concurrent: u32) {
+        let at_ms = Utc::now().timestamp_millis();
+        let entry = Logged { kind: kind.into(), path: path.into(), id, answered: answered.into(), at_ms, concurrent };
+        self.state().requests.push(entry);
+    }
+
+    /// Counts an inquiry about `id` as in flight until the guard is dropped (answered, or
+    /// the asker gave up); returns how many others were.
+    fn arrive(&self, id: &str) -> (InFlight<'_>, u32) {
+        let mut state = self.state();
+        let n = state.in_flight.entry(id.to_owned()).or_default();
+        *n += 1;
+        let others = *n - 1;
+        (InFlight { sandbox: self, id: id.to_owned() }, others)
+    }
+}
+
+struct InFlight<'a> {
+    sandbox: &'a Sandbox,
+    id: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.sandbox.state();
+        if let Some(n) = state.in_flight.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -178,6 +217,18 @@ fn next_answer(sb: &Sandbox, id: &str) -> Option<String> {
     answer
 }
 
+/// `slow:<answer>` answers `<answer>` after 300 ms (an exchange that is still in flight
+/// when another could start).
+async fn slowly(answer: String) -> String {
+    match answer.strip_prefix("slow:") {
+        Some(rest) => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            rest.to_owned()
+        }
+        None => answer,
+    }
+}
+
 /// A fault's response, or `None` when `answer` is a status.
 async fn fault(answer: &str) -> Option<Response> {
     let v2 = |status: StatusCode, code: &str, message: &str| {
@@ -218,8 +269,10 @@ async fn money_out(
         let body = json!({ "response_code": "SP018", "response_message": "Validation Error", "data": { "errors": { "reference_number": ["required"] } } });
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
     };
+    let (_in_flight, others) = sb.arrive(&reference);
     let answer = next_answer(&sb, &reference).unwrap_or_else(|| "SP009".into());
-    sb.log("inquiry", path, Some(reference.clone()), &answer);
+    sb.log_concurrent("inquiry", path, Some(reference.clone()), &answer, others);
+    let answer = slowly(answer).await;
     if let Some(r) = fault(&answer).await {
         return r;
     }
@@ -239,8 +292,10 @@ async fn money_in(sb: &Sandbox, id: String, headers: &HeaderMap, by_reference: b
         sb.log("inquiry", path, None, "401");
         return r;
     }
+    let (_in_flight, others) = sb.arrive(&id);
     let answer = next_answer(sb, &id).unwrap_or_else(|| "SP009".into());
-    sb.log("inquiry", path, Some(id.clone()), &answer);
+    sb.log_concurrent("inquiry", path, Some(id.clone()), &answer, others);
+    let answer = slowly(answer).await;
     if let Some(r) = fault(&answer).await {
         return r;
     }

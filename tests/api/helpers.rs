@@ -12,12 +12,17 @@ use serde::Deserialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 
+use chrono::{DateTime, Utc};
+use serde_json::json;
 use singapay_webhooks::config::Settings;
 use singapay_webhooks::embedded_pg::{self, Cluster};
+use singapay_webhooks::reconcile::client::{ApiClient, ApiSettings};
 use singapay_webhooks::singapay::signature::{self, Credential};
 use singapay_webhooks::singapay::Body;
 use singapay_webhooks::startup::{Application, Signals};
 use singapay_webhooks::store;
+use singapay_webhooks::tools::sandbox::{self, Logged, Sandbox, SandboxConfig};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Vector {
@@ -405,4 +410,80 @@ pub async fn lock_waiters(db: &PgPool) -> i64 {
 /// The value of an unlabelled series in Prometheus text (0 when absent).
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+/// The sub-account the sandbox tests ask about.
+pub const SANDBOX_ACCOUNT: &str = "01JSANDBOXACCOUNT";
+
+/// The `sandbox` (Singapay's API stand-in) on a real socket, with its control endpoints.
+pub struct SandboxApi {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl SandboxApi {
+    pub async fn start(now: DateTime<Utc>) -> SandboxApi {
+        Self::start_with_clock(Arc::new(move || now)).await
+    }
+
+    /// A sandbox whose idea of now is `clock`.
+    pub async fn start_with_clock(clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>) -> SandboxApi {
+        let sb = Sandbox::new(SandboxConfig {
+            client_id: "client-1".into(),
+            client_secret: "secret-1".into(),
+            partner_id: "partner-1".into(),
+            token_ttl_secs: 3600,
+            clock,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, sandbox::router(sb)).await });
+        SandboxApi { url, http: reqwest::Client::new() }
+    }
+
+    pub fn client(&self, now: DateTime<Utc>, timeout: Duration) -> ApiClient {
+        let settings = ApiSettings {
+            base_url: self.url.clone(),
+            client_id: "client-1".into(),
+            client_secret: SecretString::from("secret-1".to_owned()),
+            partner_id: "partner-1".into(),
+            timeout,
+        };
+        ApiClient::new(settings, Arc::new(move || now)).unwrap()
+    }
+
+    pub async fn script(&self, id: &str, answers: &[&str]) {
+        let r = self
+            .http
+            .post(format!("{}/_sandbox/transactions", self.url))
+            .json(&json!({"id": id, "answers": answers}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    pub async fn control(&self, path: &str, body: serde_json::Value) {
+        let r = self.http.post(format!("{}/_sandbox/{path}", self.url)).json(&body).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
+    pub async fn requests(&self) -> Vec<Logged> {
+        self.http.get(format!("{}/_sandbox/requests", self.url)).send().await.unwrap().json().await.unwrap()
+    }
+    /// What `reconcile::ApiSettings` needs to reach this sandbox.
+    pub fn settings(&self, timeout: Duration) -> ApiSettings {
+        ApiSettings {
+            base_url: self.url.clone(),
+            client_id: "client-1".into(),
+            client_secret: SecretString::from("secret-1".to_owned()),
+            partner_id: "partner-1".into(),
+            timeout,
+        }
+    }
+
+    /// The inquiries received so far (token requests left out).
+    pub async fn inquiries(&self) -> Vec<Logged> {
+        self.requests().await.into_iter().filter(|r| r.kind == "inquiry").collect()
+    }
 }

@@ -2,71 +2,16 @@
 //! the Asia/Jakarta date and reused until near expiry, one retry with a new token after a
 //! refusal and no more, faults and hangs reported as what they are.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use secrecy::SecretString;
 use serde_json::json;
 
-use singapay_webhooks::reconcile::client::{ApiClient, ApiSettings, AskError};
+use singapay_webhooks::reconcile::client::AskError;
 use singapay_webhooks::singapay::inquiry::{self, Answer, Subject};
 use singapay_webhooks::singapay::status::Product;
-use singapay_webhooks::tools::sandbox::{self, Logged, Sandbox, SandboxConfig};
 
-const ACCOUNT: &str = "01JSANDBOXACCOUNT";
-
-struct Api {
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn start(now: DateTime<Utc>) -> Api {
-        let sb = Sandbox::new(SandboxConfig {
-            client_id: "client-1".into(),
-            client_secret: "secret-1".into(),
-            partner_id: "partner-1".into(),
-            token_ttl_secs: 3600,
-            clock: Arc::new(move || now),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, sandbox::router(sb)).await });
-        Api { url, http: reqwest::Client::new() }
-    }
-
-    fn client(&self, now: DateTime<Utc>, timeout: Duration) -> ApiClient {
-        let settings = ApiSettings {
-            base_url: self.url.clone(),
-            client_id: "client-1".into(),
-            client_secret: SecretString::from("secret-1".to_owned()),
-            partner_id: "partner-1".into(),
-            timeout,
-        };
-        ApiClient::new(settings, Arc::new(move || now)).unwrap()
-    }
-
-    async fn script(&self, id: &str, answers: &[&str]) {
-        let r = self
-            .http
-            .post(format!("{}/_sandbox/transactions", self.url))
-            .json(&json!({"id": id, "answers": answers}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
-
-    async fn control(&self, path: &str, body: serde_json::Value) {
-        let r = self.http.post(format!("{}/_sandbox/{path}", self.url)).json(&body).send().await.unwrap();
-        assert!(r.status().is_success());
-    }
-
-    async fn requests(&self) -> Vec<Logged> {
-        self.http.get(format!("{}/_sandbox/requests", self.url)).send().await.unwrap().json().await.unwrap()
-    }
-}
+use crate::helpers::{SandboxApi as Api, SANDBOX_ACCOUNT as ACCOUNT};
 
 fn disbursement(reference: &str) -> inquiry::InquiryRequest {
     let s = Subject {

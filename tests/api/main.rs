@@ -17,6 +17,7 @@ mod http_hostile;
 mod http_intake;
 mod http_openapi;
 mod http_outage;
+mod http_reconcile;
 mod http_singapay_api;
 mod http_vectors;
 mod process;

@@ -141,6 +141,22 @@ async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
         ("BODY_READ_TIMEOUT_SECS", "0", vec!["serve"]),
         ("RETENTION_DAYS", "-3", vec!["prune"]),
         ("PG_BIN_DIR", "/nonexistent/pg", vec!["dev", "--data-dir", data]),
+        // Half of reconciliation's credentials: the error names what is missing and what
+        // turned it on.
+        ("SINGAPAY_API_URL", "https://payment-b2b.singapay.id", vec!["serve"]),
+        ("SINGAPAY_CLIENT_ID", "client-1", vec!["serve"]),
+        ("SINGAPAY_CLIENT_SECRET", "secret-1", vec!["serve"]),
+        ("SINGAPAY_CLIENT_SECRET_FILE", "/nonexistent/client-secret", vec!["serve"]),
+        ("SINGAPAY_PARTNER_ID", "partner-1", vec!["serve"]),
+        ("SINGAPAY_ACCOUNT_ID", "account-1", vec!["serve"]),
+        ("SINGAPAY_API_TIMEOUT_SECS", "0", vec!["serve"]),
+        ("RECONCILE_MONEY_OUT_OVERDUE_SECS", "15m", vec!["serve"]),
+        ("RECONCILE_MONEY_IN_OVERDUE_SECS", "0", vec!["serve"]),
+        ("RECONCILE_CONCURRENCY", "0", vec!["serve"]),
+        ("RECONCILE_BACKOFF_SECS", "soon", vec!["serve"]),
+        ("RECONCILE_BACKOFF_MAX_SECS", "0", vec!["serve"]),
+        ("RECONCILE_NOT_FOUND_ATTEMPTS", "0", vec!["serve"]),
+        ("RECONCILE_INTERVAL_SECS", "3601", vec!["serve"]),
     ];
     let tested: BTreeSet<&str> = cases.iter().map(|c| c.0).collect();
     assert_eq!(tested, VARIABLES.iter().copied().collect(), "every variable has a bad-value case");

@@ -521,7 +521,7 @@ async fn migrate_serve_migrate_and_prune_work_as_commands() {
     for _ in 0..2 {
         let (ok, _, err) = process::run(&["migrate"], &env(&[("DATABASE_URL", &url), ("LOG_FORMAT", "text")])).await;
         assert!(ok, "{err}");
-        assert_eq!(tables(db.clone()).await, 5);
+        assert_eq!(tables(db.clone()).await, 7);
     }
 
     // serve --migrate on an empty database takes a callback.

@@ -174,4 +174,15 @@ async fn enums_match_the_check_constraints_they_are_written_to() {
     assert_eq!(allowed("rejected_deliveries", "signature_form").await, set(&forms));
     let reasons: Vec<&str> = RejectionReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(allowed("rejected_deliveries", "reason").await, set(&reasons));
+    use singapay_webhooks::singapay::status::Transition;
+    use singapay_webhooks::store::inquiries::{CheckReason, ANSWERS};
+    let checks: Vec<&str> = CheckReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(allowed("reconcile_checks", "reason").await, set(&checks));
+    assert_eq!(allowed("inquiries", "reason").await, set(&checks));
+    assert_eq!(allowed("inquiries", "answer").await, set(&ANSWERS));
+    let transitions: Vec<&str> = [Transition::Applied, Transition::Unchanged, Transition::Stale, Transition::Conflict]
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    assert_eq!(allowed("inquiries", "transition").await, set(&transitions));
 }

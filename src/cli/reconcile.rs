@@ -1,0 +1,110 @@
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::config::{Env, EnvFile};
+use crate::reconcile::{self, Outcome, Reconciler};
+use crate::store::inquiries::{self, Next};
+use crate::{store, telemetry};
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Show what would be asked (and the request), ask nothing, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this transaction (e.g. disbursement:PAYOUT-1), asked about now whatever its
+    /// schedule; it must be a stored transaction or named by a stored delivery.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+/// `reconcile`: one pass now.
+pub async fn reconcile(env: &Env<'_>, file: &EnvFile, args: ReconcileArgs) -> Result<()> {
+    let database_url = env.require_database_url()?;
+    let settings = env.reconcile()?.context(
+        "reconciliation is not configured: set SINGAPAY_API_URL, SINGAPAY_CLIENT_ID, SINGAPAY_CLIENT_SECRET, SINGAPAY_PARTNER_ID and SINGAPAY_ACCOUNT_ID",
+    )?;
+    telemetry::init(env.log_format()?, env.log_filter()?);
+    file.announce();
+    let pool = store::pool(&database_url, 4)?;
+    let clock: reconcile::Clock = Arc::new(chrono::Utc::now);
+    let reconciler = Reconciler::new(pool.clone(), settings, clock, &format!("reconcile@{}", reconcile::host_name()))?;
+    let key = args.key.as_deref();
+    let result = if args.dry_run { dry_run(&reconciler, key).await } else { pass(&reconciler, key).await };
+    pool.close().await;
+    result
+}
+
+async fn dry_run(reconciler: &Arc<Reconciler>, key: Option<&str>) -> Result<()> {
+    // The checks a pass would find, found in a transaction that is rolled back.
+    let mut tx = reconciler.pool().begin().await?;
+    let found = match key {
+        Some(key) => u64::from(inquiries::request_check(&mut tx, key).await?),
+        None => inquiries::discover(&mut tx, &reconciler.settings().overdue()).await?,
+    };
+    if key.is_some() && found == 0 {
+        bail!("no stored transaction or delivery has the key {:?}", key.unwrap_or_default());
+    }
+    let due = inquiries::due(&mut tx, key, 10_000).await?;
+    tx.rollback().await?;
+    for check in &due {
+        let line = match reconciler.plan(check).await? {
+            Ok(plan) => format!(
+                "would ask  {}  ({})  {} {}{}",
+                check.transaction_key,
+                check.reason.as_str(),
+                plan.request.method.as_str(),
+                plan.request.path,
+                plan.request.body.as_ref().map(|b| format!(" {b}")).unwrap_or_default()
+            ),
+            Err((next, why)) => format!(
+                "would not ask  {}  ({})  {why}: {}",
+                check.transaction_key,
+                check.reason.as_str(),
+                describe(&next)
+            ),
+        };
+        super::say(line);
+    }
+    super::say(format!("reconcile --dry-run: {} due (nothing asked, nothing changed)", due.len()));
+    Ok(())
+}
+
+async fn pass(reconciler: &Arc<Reconciler>, key: Option<&str>) -> Result<()> {
+    let report = reconciler.pass(key).await.context("reconciling")?;
+    if let Some(cause) = &report.halted {
+        bail!("Singapay refused this receiver: {cause}");
+    }
+    if let Some(key) = key {
+        if report.discovered == 0 {
+            bail!("no stored transaction or delivery has the key {key:?}");
+        }
+    }
+    for o in &report.outcomes {
+        super::say(line(o));
+    }
+    super::say(format!("reconcile: {} new checks, {} asked about", report.discovered, report.outcomes.len()));
+    Ok(())
+}
+
+fn line(o: &Outcome) -> String {
+    format!(
+        "{}  ({})  answer={}{}{}  next: {}",
+        o.transaction_key,
+        o.reason.as_str(),
+        o.answer,
+        o.status.as_deref().map(|s| format!(" status={s}")).unwrap_or_default(),
+        o.transition.as_deref().map(|t| format!(" transition={t}")).unwrap_or_default(),
+        describe(&o.next)
+    )
+}
+
+fn describe(next: &Next) -> String {
+    match next {
+        Next::Done => "done".into(),
+        Next::Again { after_secs } => format!("ask again in {after_secs} s"),
+        Next::GiveUp(why) => format!("gave up ({why})"),
+        Next::Release { after_secs, .. } => format!("not asked; again in {after_secs} s"),
+    }
+}

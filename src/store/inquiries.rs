@@ -1,0 +1,343 @@
+//! Reconciliation's tables: the checks to make (`reconcile_checks`, each claimed with a
+//! lease so that of several replicas one asks at a time) and the record of every exchange
+//! with Singapay's API (`inquiries`). An answer is written by [`super::write`] as a
+//! [`super::Write::Inquiry`], through the same state machine and statements as a callback.
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::singapay::webhook::Change;
+
+/// Why a transaction is checked, in the order checks are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckReason {
+    /// A callback said the outcome is unknown (`needs_inquiry`).
+    NeedsInquiry,
+    /// No final status for longer than its product's threshold.
+    Overdue,
+    /// Someone asked (`singapay.request_check`, `reconcile --key`).
+    Requested,
+}
+
+impl CheckReason {
+    pub const ALL: [CheckReason; 3] = [CheckReason::NeedsInquiry, CheckReason::Overdue, CheckReason::Requested];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckReason::NeedsInquiry => "needs_inquiry",
+            CheckReason::Overdue => "overdue",
+            CheckReason::Requested => "requested",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CheckReason> {
+        CheckReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A check this replica holds the lease of.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub transaction_key: String,
+    pub reason: CheckReason,
+    /// The delivery that needed the inquiry, when one did.
+    pub delivery_id: Option<i64>,
+    /// Times asked, this time included.
+    pub asked: i32,
+    /// Answers "not found" so far.
+    pub not_found: i32,
+}
+
+/// What becomes of a check after an answer (or after deciding not to ask).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Final status known (or nothing left to ask): the check is deleted.
+    Done,
+    /// Ask again after this many seconds.
+    Again { after_secs: u64 },
+    /// Stop asking; the check stays, `gave_up`, with the reason.
+    GiveUp(String),
+    /// Not asked (inquiries are stopped): the lease is given back and this ask not counted.
+    Release { after_secs: u64, error: String },
+}
+
+/// How an answer is recorded (`inquiries.answer`).
+pub const ANSWERS: [&str; 6] = ["status", "not_found", "retry_later", "token_rejected", "forbidden", "unreadable"];
+
+/// One exchange with Singapay's API, to record and, when it told a status, to apply.
+#[derive(Debug, Clone)]
+pub struct Inquiry {
+    pub transaction_key: String,
+    pub reason: CheckReason,
+    pub delivery_id: Option<i64>,
+    /// The replica (or command) that asked, and holds the check's lease.
+    pub asked_by: String,
+    pub method: &'static str,
+    pub path: String,
+    /// JSON text.
+    pub request_body: Option<String>,
+    pub http_status: Option<u16>,
+    pub response_body: Vec<u8>,
+    /// `status`, `not_found`, `retry_later`, `token_rejected`, `forbidden`, `unreadable`.
+    pub answer: &'static str,
+    pub detail: Option<String>,
+    pub response_code: Option<String>,
+    pub elapsed_ms: i32,
+    pub retried_with_new_token: bool,
+    /// The status Singapay answered, as a change of the transaction (applied like a
+    /// callback's); `None` when it told no status.
+    pub change: Option<Change>,
+    pub next: Next,
+}
+
+/// What is stored about a check's transaction, to build the question from.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct Known {
+    pub product: Option<String>,
+    pub status: Option<String>,
+    pub singapay_id: Option<String>,
+    pub merchant_reference: Option<String>,
+    /// The body of the delivery that needed the inquiry (the only record of a transaction
+    /// whose callback carried no status).
+    pub delivery_body: Option<Vec<u8>>,
+}
+
+/// Statuses that are not final (the partial index `transactions_open_idx` holds them).
+pub const OPEN_STATUSES: &str = "('initiated', 'paying', 'pending')";
+
+/// Most new checks one discovery adds per reason, so one pass stays short after an outage.
+const DISCOVER_LIMIT: i64 = 1000;
+
+/// Adds checks for deliveries that need an inquiry and for transactions overdue by their
+/// product's threshold (`overdue`: product name and seconds). Several replicas may run it
+/// at once: a transaction already checked is left alone (`ON CONFLICT DO NOTHING`).
+pub async fn discover(conn: &mut PgConnection, overdue: &[(&str, u64)]) -> Result<u64, sqlx::Error> {
+    let needs = sqlx::query(
+        "INSERT INTO singapay.reconcile_checks (transaction_key, reason, delivery_id)
+         SELECT DISTINCT ON (d.transaction_key) d.transaction_key, 'needs_inquiry', d.id
+           FROM singapay.deliveries d
+          WHERE d.needs_inquiry AND d.transaction_key IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.transaction_key = d.transaction_key)
+          ORDER BY d.transaction_key, d.id DESC
+          LIMIT $1
+         ON CONFLICT (transaction_key) DO NOTHING",
+    )
+    .bind(DISCOVER_LIMIT)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    let (products, secs): (Vec<&str>, Vec<i64>) = overdue.iter().map(|&(p, s)| (p, s as i64)).unzip();
+    let late = sqlx::query(&format!(
+        "INSERT INTO singapay.reconcile_checks (transaction_key, reason)
+         SELECT t.transaction_key, 'overdue'
+           FROM unnest($1::text[], $2::int8[]) AS o(product, secs)
+           JOIN singapay.transactions t
+             ON t.product = o.product AND t.status IN {OPEN_STATUSES}
+            AND t.updated_at < now() - o.secs * interval '1 second'
+          WHERE NOT EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.transaction_key = t.transaction_key)
+          LIMIT $3
+         ON CONFLICT (transaction_key) DO NOTHING"
+    ))
+    .bind(products)
+    .bind(secs)
+    .bind(DISCOVER_LIMIT)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(needs + late)
+}
+
+const CHECK_COLUMNS: &str = "transaction_key, reason, delivery_id, asked, not_found";
+
+type CheckRow = (String, String, Option<i64>, i32, i32);
+
+fn check_of((transaction_key, reason, delivery_id, asked, not_found): CheckRow) -> Result<Check, sqlx::Error> {
+    let reason = CheckReason::parse(&reason)
+        .ok_or_else(|| sqlx::Error::Decode("reconcile_checks.reason outside its CHECK".into()))?;
+    Ok(Check { transaction_key, reason, delivery_id, asked, not_found })
+}
+
+/// Takes up to `limit` due checks (only `key`'s when given) for `who`, with a lease of
+/// `lease_secs`: `FOR UPDATE SKIP LOCKED` keeps two replicas from taking the same check at
+/// the same instant, the lease keeps them apart while the question is out.
+pub async fn claim(
+    pool: &PgPool,
+    who: &str,
+    lease_secs: u64,
+    limit: i64,
+    key: Option<&str>,
+) -> Result<Vec<Check>, sqlx::Error> {
+    let rows: Vec<CheckRow> = sqlx::query_as(&format!(
+        "WITH c AS (
+            SELECT transaction_key FROM singapay.reconcile_checks
+             WHERE state = 'open' AND due_at <= now()
+               AND (locked_until IS NULL OR locked_until < now())
+               AND ($4::text IS NULL OR transaction_key = $4)
+             ORDER BY CASE reason WHEN 'needs_inquiry' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END, due_at
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED)
+         UPDATE singapay.reconcile_checks r
+            SET locked_by = $1, locked_until = now() + $2 * interval '1 second', asked = r.asked + 1
+           FROM c WHERE r.transaction_key = c.transaction_key
+         RETURNING r.{}",
+        CHECK_COLUMNS.replace(", ", ", r.")
+    ))
+    .bind(who)
+    .bind(lease_secs as i64)
+    .bind(limit)
+    .bind(key)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(check_of).collect()
+}
+
+/// The checks that are due (only `key`'s when given), without taking them: `reconcile
+/// --dry-run`.
+pub async fn due(conn: &mut PgConnection, key: Option<&str>, limit: i64) -> Result<Vec<Check>, sqlx::Error> {
+    let rows: Vec<CheckRow> = sqlx::query_as(&format!(
+        "SELECT {CHECK_COLUMNS} FROM singapay.reconcile_checks
+          WHERE state = 'open' AND due_at <= now() AND (locked_until IS NULL OR locked_until < now())
+            AND ($1::text IS NULL OR transaction_key = $1)
+          ORDER BY CASE reason WHEN 'needs_inquiry' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END, due_at
+          LIMIT $2"
+    ))
+    .bind(key)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(check_of).collect()
+}
+
+/// What is stored about a check's transaction.
+pub async fn known(pool: &PgPool, check: &Check) -> Result<Known, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT t.product, t.status, t.singapay_id, t.merchant_reference, d.body AS delivery_body
+           FROM (SELECT $1::text AS k) x
+           LEFT JOIN singapay.transactions t ON t.transaction_key = x.k
+           LEFT JOIN singapay.deliveries d ON d.id = $2",
+    )
+    .bind(&check.transaction_key)
+    .bind(check.delivery_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Settles a check that was not asked about (nothing to record in `inquiries`).
+pub async fn settle(pool: &PgPool, key: &str, who: &str, next: &Next) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    finish_check(&mut conn, key, who, next, None, false).await
+}
+
+/// Applies `next` to `key`'s check, if `who` still holds its lease (a replica whose lease
+/// ran out leaves the check to the one that took it over); `not_found`: the answer was.
+pub(super) async fn finish_check(
+    conn: &mut PgConnection,
+    key: &str,
+    who: &str,
+    next: &Next,
+    inquiry_id: Option<i64>,
+    not_found: bool,
+) -> Result<(), sqlx::Error> {
+    let not_found = i32::from(not_found);
+    let q = match next {
+        Next::Done => {
+            sqlx::query("DELETE FROM singapay.reconcile_checks WHERE transaction_key = $1 AND locked_by = $2")
+                .bind(key)
+                .bind(who)
+        }
+        Next::Again { after_secs } => sqlx::query(
+            "UPDATE singapay.reconcile_checks
+                SET due_at = now() + $4 * interval '1 second', locked_by = NULL, locked_until = NULL,
+                    not_found = not_found + $5, last_inquiry_id = coalesce($3, last_inquiry_id), last_error = NULL
+              WHERE transaction_key = $1 AND locked_by = $2",
+        )
+        .bind(key)
+        .bind(who)
+        .bind(inquiry_id)
+        .bind(*after_secs as i64)
+        .bind(not_found),
+        Next::GiveUp(why) => sqlx::query(
+            "UPDATE singapay.reconcile_checks
+                SET state = 'gave_up', locked_by = NULL, locked_until = NULL, not_found = not_found + $5,
+                    last_inquiry_id = coalesce($3, last_inquiry_id), last_error = $4
+              WHERE transaction_key = $1 AND locked_by = $2",
+        )
+        .bind(key)
+        .bind(who)
+        .bind(inquiry_id)
+        .bind(why)
+        .bind(not_found),
+        Next::Release { after_secs, error } => sqlx::query(
+            "UPDATE singapay.reconcile_checks
+                SET due_at = now() + $4 * interval '1 second', locked_by = NULL, locked_until = NULL,
+                    asked = greatest(asked - 1, 0), last_inquiry_id = coalesce($3, last_inquiry_id), last_error = $5
+              WHERE transaction_key = $1 AND locked_by = $2",
+        )
+        .bind(key)
+        .bind(who)
+        .bind(inquiry_id)
+        .bind(*after_secs as i64)
+        .bind(error),
+    };
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// Records an exchange: its `inquiries` row, with what applying its status did.
+pub(super) async fn record(
+    conn: &mut PgConnection,
+    q: &Inquiry,
+    change: Option<&super::StateChange>,
+) -> Result<i64, sqlx::Error> {
+    debug_assert!(ANSWERS.contains(&q.answer), "{} is not in ANSWERS", q.answer);
+    let status = q.change.as_ref().and_then(|c| c.status.as_deref());
+    let status_code = q.change.as_ref().and_then(|c| c.transaction_status_code.as_deref());
+    sqlx::query_scalar(
+        "INSERT INTO singapay.inquiries
+            (transaction_key, reason, delivery_id, asked_by, method, path, request_body, http_status,
+             response_body, answer, detail, status, transaction_status_code, response_code, transition,
+             version, elapsed_ms, retried_with_new_token)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+         RETURNING id",
+    )
+    .bind(&q.transaction_key)
+    .bind(q.reason.as_str())
+    .bind(q.delivery_id)
+    .bind(&q.asked_by)
+    .bind(q.method)
+    .bind(&q.path)
+    .bind(q.request_body.as_deref())
+    .bind(q.http_status.map(i32::from))
+    .bind(&q.response_body)
+    .bind(q.answer)
+    .bind(q.detail.as_deref())
+    .bind(status)
+    .bind(status_code)
+    .bind(q.response_code.as_deref())
+    .bind(change.map(|c| c.transition.as_str()))
+    .bind(change.map(|c| c.version))
+    .bind(q.elapsed_ms)
+    .bind(q.retried_with_new_token)
+    .fetch_one(conn)
+    .await
+}
+
+/// A status was answered: the deliveries that asked for an inquiry have had it.
+pub(super) async fn clear_needs_inquiry(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE singapay.deliveries SET needs_inquiry = false WHERE transaction_key = $1 AND needs_inquiry")
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `singapay.request_check`: false when the key is unknown.
+pub async fn request_check(conn: &mut PgConnection, key: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT singapay.request_check($1)").bind(key).fetch_one(conn).await
+}
+
+/// Checks by reason and state, for the metrics.
+pub async fn check_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT reason, state, count(*) FROM singapay.reconcile_checks GROUP BY reason, state")
+        .fetch_all(pool)
+        .await
+}
