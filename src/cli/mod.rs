@@ -100,7 +100,8 @@ pub enum Command {
     /// Apply the embedded database migrations to DATABASE_URL and exit.
     Migrate,
     /// Delete what is older than RETENTION_DAYS: finished queue rows, deliveries that are no
-    /// transaction's current state and no kept queue row's cause, rejected deliveries.
+    /// transaction's current state and no kept queue row's cause, rejected deliveries,
+    /// reconciliation's inquiries.
     Prune {
         /// Count what would be deleted, delete nothing.
         #[arg(long)]

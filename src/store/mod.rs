@@ -28,7 +28,7 @@ pub use lookups::{
     create_database_if_missing, delivery_body, kept_request, lock_rejection, mark_replayed, queue_depth, Kept,
     KeptRequest, QueueDepth, Rejected, RECENT_DELIVERIES,
 };
-pub use prune::{prune, PruneReport};
+pub use prune::{prune, prune_inquiries, PruneReport};
 pub use transactions::StateChange;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

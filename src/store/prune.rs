@@ -25,6 +25,11 @@ const DELIVERIES: &str = "FROM singapay.deliveries d
 
 const REJECTIONS: &str = "FROM singapay.rejected_deliveries r WHERE r.last_received_at < $1";
 
+/// Reconciliation's record of questions asked before the cutoff, except the last one of a
+/// check still kept (what an operator looks at for a given-up check).
+const INQUIRIES: &str = "FROM singapay.inquiries i WHERE i.asked_at < $1
+      AND NOT EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.last_inquiry_id = i.id)";
+
 async fn delete_in_batches(
     pool: &PgPool,
     table: &str,
@@ -70,4 +75,17 @@ pub async fn prune(
     let deliveries = delete_in_batches(pool, "singapay.deliveries", "d", DELIVERIES, cutoff, batch).await?;
     let rejections = delete_in_batches(pool, "singapay.rejected_deliveries", "r", REJECTIONS, cutoff, batch).await?;
     Ok(PruneReport { events, deliveries, rejections })
+}
+
+/// Deletes (or with `dry_run` counts) the inquiries older than the cutoff.
+pub async fn prune_inquiries(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+    dry_run: bool,
+) -> Result<u64, sqlx::Error> {
+    if dry_run {
+        return count(pool, INQUIRIES, cutoff).await;
+    }
+    delete_in_batches(pool, "singapay.inquiries", "i", INQUIRIES, cutoff, batch).await
 }

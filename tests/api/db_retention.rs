@@ -126,3 +126,44 @@ async fn prune_skips_a_locked_candidate_finishes_and_takes_it_next_time() {
     assert_eq!(again.events, 1, "once the lock is gone, the next prune takes it");
     assert_eq!(app.count("transaction_events").await, 0);
 }
+
+/// Reconciliation's record: old inquiries go, except the last one of a check still kept;
+/// recent ones stay.
+#[tokio::test]
+async fn prune_removes_old_inquiries_but_keeps_the_last_one_of_a_kept_check() {
+    let app = TestApp::spawn().await;
+    let insert = |key: &'static str, days: i32| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO singapay.inquiries
+                    (asked_at, transaction_key, reason, asked_by, method, path, response_body, answer, elapsed_ms)
+                 VALUES (now() - $2 * interval '1 day', $1, 'overdue', 'test', 'GET', '/api', '', 'not_found', 5)
+                 RETURNING id",
+            )
+            .bind(key)
+            .bind(days)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let old = insert("va:OLD", 100).await;
+    let kept_by_check = insert("va:GAVE-UP", 100).await;
+    let recent = insert("va:NEW", 1).await;
+    sqlx::query(
+        "INSERT INTO singapay.reconcile_checks (transaction_key, reason, state, last_inquiry_id, last_error)
+         VALUES ('va:GAVE-UP', 'overdue', 'gave_up', $1, 'not found')",
+    )
+    .bind(kept_by_check)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(90);
+    assert_eq!(store::prune_inquiries(&app.db, cutoff, 1, true).await.unwrap(), 1);
+    assert_eq!(store::prune_inquiries(&app.db, cutoff, 1, false).await.unwrap(), 1);
+    let left: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM singapay.inquiries ORDER BY id").fetch_all(&app.db).await.unwrap();
+    assert_eq!(left, [kept_by_check, recent]);
+    assert!(!left.contains(&old));
+}

@@ -487,3 +487,18 @@ impl SandboxApi {
         self.requests().await.into_iter().filter(|r| r.kind == "inquiry").collect()
     }
 }
+
+/// A money-out callback; `status_code` `None` leaves `transaction_status` out.
+pub fn disbursement(id: &str, reference: &str, response_code: &str, status_code: Option<&str>) -> String {
+    let mut data = json!({
+        "transaction_id": id,
+        "reference_number": reference,
+        "post_timestamp": "1773645729000",
+        "processed_timestamp": "",
+        "net_amount": { "currency": "IDR", "value": "10000.00" },
+    });
+    if let Some(code) = status_code {
+        data["transaction_status"] = json!({ "code": code, "desc": "x" });
+    }
+    json!({ "response_code": response_code, "event": "disbursement", "data": data }).to_string()
+}

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use singapay_webhooks::reconcile::{Outcome, ReconcileSettings, Reconciler};
 use singapay_webhooks::store::inquiries::Next;
 
-use crate::helpers::{SandboxApi, TestApp, SANDBOX_ACCOUNT};
+use crate::helpers::{disbursement, SandboxApi, TestApp, SANDBOX_ACCOUNT};
 
 fn settings(api: &SandboxApi) -> ReconcileSettings {
     ReconcileSettings {
@@ -34,21 +34,6 @@ fn reconciler(app: &TestApp, settings: ReconcileSettings, now: Option<DateTime<U
         None => Arc::new(Utc::now),
     };
     Reconciler::new(app.db.clone(), settings, clock, "test").unwrap()
-}
-
-/// A money-out callback; `status_code` `None` leaves `transaction_status` out.
-fn disbursement(id: &str, reference: &str, response_code: &str, status_code: Option<&str>) -> String {
-    let mut data = json!({
-        "transaction_id": id,
-        "reference_number": reference,
-        "post_timestamp": "1773645729000",
-        "processed_timestamp": "",
-        "net_amount": { "currency": "IDR", "value": "10000.00" },
-    });
-    if let Some(code) = status_code {
-        data["transaction_status"] = json!({ "code": code, "desc": "x" });
-    }
-    json!({ "response_code": response_code, "event": "disbursement", "data": data }).to_string()
 }
 
 async fn transaction(app: &TestApp, key: &str) -> Option<(String, i32)> {
@@ -487,4 +472,32 @@ async fn a_check_in_flight_is_not_taken_by_another_replica() {
     let report = first.await.unwrap();
     assert_eq!(report.outcomes.len(), 1);
     assert_eq!(api.inquiries().await.len(), 1);
+}
+
+/// Products without an inquiry endpoint are never asked: a requested check of a settlement
+/// is given up with the reason, and the API sees nothing.
+#[tokio::test]
+async fn products_without_an_inquiry_are_never_asked() {
+    let app = TestApp::spawn().await;
+    let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    let r = app.send(&crate::helpers::payload("settlement")).await;
+    assert_eq!(r.status, 200);
+    let key: String =
+        sqlx::query_scalar("SELECT transaction_key FROM singapay.transactions WHERE product = 'settlement'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let requested: bool =
+        sqlx::query_scalar("SELECT singapay.request_check($1)").bind(&key).fetch_one(&app.db).await.unwrap();
+    assert!(requested);
+    let report = reconciler(&app, settings(&api), None).pass(None).await.unwrap();
+    let o = only(&report.outcomes, &key);
+    assert!(matches!(&o.next, Next::GiveUp(why) if why.contains("no inquiry for settlement")), "{o:?}");
+    assert!(api.requests().await.is_empty(), "no token, no question");
+    let state: String = sqlx::query_scalar("SELECT state FROM singapay.reconcile_checks WHERE transaction_key = $1")
+        .bind(&key)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(state, "gave_up");
 }

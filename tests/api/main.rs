@@ -29,5 +29,6 @@ mod process_deploy;
 mod process_dev;
 mod process_docs;
 mod process_operations;
+mod process_reconcile;
 mod process_tools;
 mod repo_structure;
