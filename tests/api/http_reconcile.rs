@@ -96,6 +96,13 @@ async fn an_ambiguous_disbursement_is_asked_about_and_its_answer_applied_once() 
     assert_eq!(o.next, Next::Done);
 
     assert_eq!(transaction(&app, &key).await, Some(("succeeded".into(), 1)));
+    let (first, last, delivery): (i64, i64, i64) = sqlx::query_as(
+        "SELECT first_delivery_id, last_delivery_id, (SELECT id FROM singapay.deliveries) FROM singapay.transactions",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((first, last), (delivery, delivery), "created from the delivery that needed the inquiry");
     let evs = events(&app, &key).await;
     assert_eq!(evs.len(), 1);
     let (version, webhook_type, doc) = &evs[0];
@@ -214,6 +221,14 @@ async fn overdue_disbursements_are_asked_until_final_and_never_more_often_than_t
     assert_eq!(transaction(&app, &a).await, Some(("succeeded".into(), 3)), "01 → 03 → 00");
     let a_events: Vec<(i32, String)> = events(&app, &a).await.into_iter().map(|(v, w, _)| (v, w)).collect();
     assert_eq!(a_events, [(1, "disbursement".into()), (2, "inquiry".into()), (3, "inquiry".into())]);
+    let kept: bool = sqlx::query_scalar(
+        "SELECT t.last_delivery_id = d.id FROM singapay.transactions t JOIN singapay.deliveries d ON d.transaction_key = t.transaction_key WHERE t.transaction_key = $1",
+    )
+    .bind(&a)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(kept, "answers leave a stored transaction's deliveries as they were");
     assert_eq!(transaction(&app, &b).await, Some(("pending".into(), 2)), "01 → 03, then unchanged");
     assert_eq!(events(&app, &b).await.len(), 2, "a repeated answer queues nothing");
     assert_eq!(transaction(&app, &c).await, Some(("initiated".into(), 1)), "not overdue yet");
