@@ -516,3 +516,62 @@ async fn products_without_an_inquiry_are_never_asked() {
         .unwrap();
     assert_eq!(state, "gave_up");
 }
+
+/// Acceptance 3 at the reconciler's level: a refused token on a question is renewed and
+/// the question asked once more; a second refusal is recorded and left for later, not
+/// looped.
+#[tokio::test]
+async fn a_token_refused_twice_is_recorded_not_looped() {
+    let app = TestApp::spawn().await;
+    let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    api.script("PAYOUT-SP013", &["SP013"]).await;
+    assert_eq!(
+        app.send(&disbursement("7700000000000000000000000000051", "PAYOUT-SP013", "SP001", None)).await.status,
+        200
+    );
+    let report = reconciler(&app, settings(&api), None).pass(None).await.unwrap();
+    assert_eq!(report.outcomes.len(), 1);
+    assert_eq!(report.outcomes[0].answer, "token_rejected");
+    assert_eq!(report.outcomes[0].next, Next::Again { after_secs: 1 });
+    let kinds: Vec<String> = api.requests().await.into_iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, ["token", "inquiry", "token", "inquiry"]);
+    let (answer, renewed): (String, bool) =
+        sqlx::query_as("SELECT answer, retried_with_new_token FROM singapay.inquiries")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((answer.as_str(), renewed), ("token_rejected", true));
+}
+
+/// Money-in is asked by its own endpoint (a VA by its transaction id, with GET) once
+/// overdue by the money-in threshold, and Singapay's `paid` is applied as `succeeded`.
+#[tokio::test]
+async fn an_overdue_va_is_asked_by_its_own_endpoint() {
+    let app = TestApp::spawn().await;
+    let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    let body = crate::helpers::payload("va-transaction").replace(r#""status": "paid""#, r#""status": "unpaid""#);
+    assert_eq!(app.send(&body).await.status, 200);
+    let key: String =
+        sqlx::query_scalar("SELECT transaction_key FROM singapay.transactions").fetch_one(&app.db).await.unwrap();
+    assert_eq!(transaction(&app, &key).await.unwrap().0, "pending");
+    let id = key.strip_prefix("va:").unwrap().to_owned();
+    api.script(&id, &["paid"]).await;
+    let mut s = settings(&api);
+    s.money_in_overdue = Duration::from_secs(3600);
+    let rec = reconciler(&app, s, None);
+    assert!(rec.pass(None).await.unwrap().outcomes.is_empty(), "not overdue yet");
+    sqlx::query("UPDATE singapay.transactions SET updated_at = now() - interval '2 hours'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let report = rec.pass(None).await.unwrap();
+    let o = only(&report.outcomes, &key);
+    assert_eq!(
+        (o.reason.as_str(), o.status.as_deref(), o.transition.as_deref()),
+        ("overdue", Some("succeeded"), Some("applied"))
+    );
+    let path: String =
+        sqlx::query_scalar("SELECT method || ' ' || path FROM singapay.inquiries").fetch_one(&app.db).await.unwrap();
+    assert_eq!(path, format!("GET /api/v1.0/va-transactions/{SANDBOX_ACCOUNT}/{id}"));
+    assert_eq!(transaction(&app, &key).await, Some(("succeeded".into(), 2)));
+}
