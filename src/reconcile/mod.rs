@@ -130,6 +130,8 @@ pub struct PassReport {
     /// Set when Singapay refused this machine or its credentials: nothing more is asked
     /// until the pause is over.
     pub halted: Option<String>,
+    /// The pass stopped at its time limit with checks still due: the next one starts at once.
+    pub more: bool,
 }
 
 /// Why inquiries are stopped, and until when.
@@ -171,23 +173,34 @@ impl Reconciler {
             "reconciliation on: asking Singapay about ambiguous, overdue and requested transactions"
         );
         loop {
-            match self.pass(None).await {
-                Ok(report) if !report.outcomes.is_empty() || report.discovered > 0 => tracing::debug!(
-                    discovered = report.discovered,
-                    asked = report.outcomes.len(),
-                    "reconciliation pass"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reconciliation pass failed; trying again next interval"),
-            }
+            let more = match self.pass(None).await {
+                Ok(report) => {
+                    if !report.outcomes.is_empty() || report.discovered > 0 {
+                        tracing::debug!(
+                            discovered = report.discovered,
+                            asked = report.outcomes.len(),
+                            "reconciliation pass"
+                        );
+                    }
+                    report.more
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciliation pass failed; trying again next interval");
+                    false
+                }
+            };
             self.count_checks().await;
-            tokio::time::sleep(self.settings.interval).await;
+            if !more {
+                tokio::time::sleep(self.settings.interval).await;
+            }
         }
     }
 
     /// One pass: finds new checks, then asks about every due one (only `key`'s when given),
-    /// `concurrency` at a time.
+    /// `concurrency` at a time, for at most `interval` (so that new checks are found at
+    /// least that often however long the backlog).
     pub async fn pass(self: &Arc<Self>, key: Option<&str>) -> Result<PassReport, StoreError> {
+        let started = Instant::now();
         let mut report = PassReport::default();
         if let Some(cause) = self.halted() {
             report.halted = Some(cause);
@@ -227,6 +240,10 @@ impl Reconciler {
             }
             if let Some(cause) = self.halted() {
                 report.halted = Some(cause);
+                break;
+            }
+            if key.is_none() && started.elapsed() >= self.settings.interval {
+                report.more = true;
                 break;
             }
         }

@@ -24,7 +24,8 @@ fn settings(api: &SandboxApi) -> ReconcileSettings {
         backoff: Duration::from_secs(1),
         backoff_max: Duration::from_secs(2),
         not_found_attempts: 3,
-        interval: Duration::from_secs(1),
+        // A pass drains every due check (it stops at `interval`).
+        interval: Duration::from_secs(60),
     }
 }
 
@@ -574,4 +575,32 @@ async fn an_overdue_va_is_asked_by_its_own_endpoint() {
         sqlx::query_scalar("SELECT method || ' ' || path FROM singapay.inquiries").fetch_one(&app.db).await.unwrap();
     assert_eq!(path, format!("GET /api/v1.0/va-transactions/{SANDBOX_ACCOUNT}/{id}"));
     assert_eq!(transaction(&app, &key).await, Some(("succeeded".into(), 2)));
+}
+
+/// A long backlog does not keep one pass going: it stops at `interval` and says more is
+/// due, so that the loop finds new checks at least that often.
+#[tokio::test]
+async fn a_pass_stops_at_its_interval_and_says_more_is_due() {
+    let app = TestApp::spawn().await;
+    let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    for i in 0..8 {
+        let reference = format!("PAYOUT-LONG-{i}");
+        api.script(&reference, &["slow:00"]).await;
+        let id = format!("77000000000000000000000000{:05}", 700 + i);
+        assert_eq!(app.send(&disbursement(&id, &reference, "SP001", None)).await.status, 200);
+    }
+    let mut s = settings(&api);
+    s.concurrency = 1;
+    s.interval = Duration::from_secs(1);
+    let rec = reconciler(&app, s, None);
+    let first = rec.pass(None).await.unwrap();
+    assert!(first.more && (2..8).contains(&first.outcomes.len()), "{first:?}");
+    let mut done = first.outcomes.len();
+    while done < 8 {
+        let next = rec.pass(None).await.unwrap();
+        assert!(!next.outcomes.is_empty());
+        done += next.outcomes.len();
+    }
+    assert_eq!(done, 8);
+    assert!(!rec.pass(None).await.unwrap().more);
 }
