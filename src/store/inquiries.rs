@@ -237,48 +237,37 @@ pub(super) async fn finish_check(
     inquiry_id: Option<i64>,
     not_found: bool,
 ) -> Result<(), sqlx::Error> {
-    let not_found = i32::from(not_found);
-    let q = match next {
+    // (state, ask again after, "not found" answers to add, asks to take back, error)
+    let (state, after_secs, not_found, uncount, error) = match next {
         Next::Done => {
             sqlx::query("DELETE FROM singapay.reconcile_checks WHERE transaction_key = $1 AND locked_by = $2")
                 .bind(key)
                 .bind(who)
+                .execute(conn)
+                .await?;
+            return Ok(());
         }
-        Next::Again { after_secs } => sqlx::query(
-            "UPDATE singapay.reconcile_checks
-                SET due_at = now() + $4 * interval '1 second', locked_by = NULL, locked_until = NULL,
-                    not_found = not_found + $5, last_inquiry_id = coalesce($3, last_inquiry_id), last_error = NULL
-              WHERE transaction_key = $1 AND locked_by = $2",
-        )
-        .bind(key)
-        .bind(who)
-        .bind(inquiry_id)
-        .bind(*after_secs as i64)
-        .bind(not_found),
-        Next::GiveUp(why) => sqlx::query(
-            "UPDATE singapay.reconcile_checks
-                SET state = 'gave_up', locked_by = NULL, locked_until = NULL, not_found = not_found + $5,
-                    last_inquiry_id = coalesce($3, last_inquiry_id), last_error = $4
-              WHERE transaction_key = $1 AND locked_by = $2",
-        )
-        .bind(key)
-        .bind(who)
-        .bind(inquiry_id)
-        .bind(why)
-        .bind(not_found),
-        Next::Release { after_secs, error } => sqlx::query(
-            "UPDATE singapay.reconcile_checks
-                SET due_at = now() + $4 * interval '1 second', locked_by = NULL, locked_until = NULL,
-                    asked = greatest(asked - 1, 0), last_inquiry_id = coalesce($3, last_inquiry_id), last_error = $5
-              WHERE transaction_key = $1 AND locked_by = $2",
-        )
-        .bind(key)
-        .bind(who)
-        .bind(inquiry_id)
-        .bind(*after_secs as i64)
-        .bind(error),
+        Next::Again { after_secs } => ("open", Some(*after_secs as i64), i32::from(not_found), 0, None),
+        Next::GiveUp(why) => ("gave_up", None, i32::from(not_found), 0, Some(why.as_str())),
+        Next::Release { after_secs, error } => ("open", Some(*after_secs as i64), 0, 1, Some(error.as_str())),
     };
-    q.execute(conn).await?;
+    sqlx::query(
+        "UPDATE singapay.reconcile_checks
+            SET state = $4, due_at = coalesce(now() + $5 * interval '1 second', due_at),
+                locked_by = NULL, locked_until = NULL, not_found = not_found + $6, asked = greatest(asked - $7, 0),
+                last_inquiry_id = coalesce($3, last_inquiry_id), last_error = $8
+          WHERE transaction_key = $1 AND locked_by = $2",
+    )
+    .bind(key)
+    .bind(who)
+    .bind(inquiry_id)
+    .bind(state)
+    .bind(after_secs)
+    .bind(not_found)
+    .bind(uncount)
+    .bind(error)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -172,3 +172,20 @@ pub async fn run(args: &[&str], env: &[(String, String)]) -> (bool, String, Stri
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// POSTs `body` to the receiver on `port`, signed with `secret` as Singapay signs; the status.
+pub async fn post_signed(port: u16, secret: &str, body: &str) -> u16 {
+    let ts = crate::helpers::now().to_string();
+    let sig = crate::helpers::sign_php(secret, "/webhooks/singapay", "dev-token", body, &ts);
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/singapay"))
+        .header("x-signature", sig)
+        .header("x-timestamp", ts)
+        .header("authorization", "Bearer dev-token")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}

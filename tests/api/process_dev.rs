@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{now, payload, sign_php};
+use crate::helpers::payload;
 use singapay_webhooks::embedded_pg::free_port;
 
 pub struct Dev {
@@ -139,22 +139,6 @@ fn psql(url: &str, sql: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-async fn post_signed(port: u16, secret: &str, body: &str) -> u16 {
-    let ts = now().to_string();
-    let sig = sign_php(secret, "/webhooks/singapay", "dev-token", body, &ts);
-    reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/webhooks/singapay"))
-        .header("x-signature", sig)
-        .header("x-timestamp", ts)
-        .header("authorization", "Bearer dev-token")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
     let dir = tempfile::Builder::new().prefix("singapay-dev-").tempdir().unwrap();
@@ -163,7 +147,7 @@ async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
     let data_dir = dir.path().join(".data");
     let dev = start_dev(&data_dir);
     let port = dev.port;
-    let status = post_signed(port, &dev.secret, &payload("va-transaction")).await;
+    let status = crate::process::post_signed(port, &dev.secret, &payload("va-transaction")).await;
     assert_eq!(status, 200);
     let rows = psql(&dev.psql_url, "SELECT webhook_type, transaction_key, status FROM singapay.deliveries");
     assert_eq!(rows.trim(), "va-transaction|va:3211120260314091205518|succeeded");
@@ -175,7 +159,7 @@ async fn dev_brings_up_a_working_receiver_whose_rows_psql_can_see() {
     let dev = start_dev(&data_dir);
     let port = dev.port;
     assert_eq!((dev.secret.as_str(), dev.psql_url.as_str()), (secret.as_str(), url.as_str()));
-    assert_eq!(post_signed(port, &dev.secret, &payload("disbursement")).await, 200);
+    assert_eq!(crate::process::post_signed(port, &dev.secret, &payload("disbursement")).await, 200);
     let n = psql(&dev.psql_url, "SELECT count(*) FROM singapay.deliveries");
     assert_eq!(n.trim(), "2");
     stop_dev(dev);
@@ -196,7 +180,7 @@ async fn dev_ignores_a_dotenv_and_its_printed_send_line_works_when_pasted() {
     let dev = start_dev(&dir.path().join(".data"));
     assert_eq!(dev.receiver, format!("http://127.0.0.1:{}/webhooks/singapay", dev.port));
     assert!(dev.secret.starts_with("dev_"), "{}", dev.secret);
-    assert_eq!(post_signed(dev.port, &dev.secret, &payload("va-transaction")).await, 200);
+    assert_eq!(crate::process::post_signed(dev.port, &dev.secret, &payload("va-transaction")).await, 200);
 
     let elsewhere = tempfile::tempdir().unwrap();
     let out = Command::new("bash")

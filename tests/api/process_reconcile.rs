@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::helpers::{disbursement, fresh_database, metric, now, sign_php, SandboxApi, TestApp, SANDBOX_ACCOUNT};
+use crate::helpers::{disbursement, fresh_database, metric, SandboxApi, TestApp, SANDBOX_ACCOUNT};
 use crate::process::{self, env, Server};
 
 fn api_settings(api: &SandboxApi) -> Vec<(String, String)> {
@@ -24,19 +24,7 @@ fn api_settings(api: &SandboxApi) -> Vec<(String, String)> {
 }
 
 async fn post_signed(server: &Server, secret: &str, body: &str) -> u16 {
-    let ts = now().to_string();
-    let sig = sign_php(secret, "/webhooks/singapay", "tok", body, &ts);
-    reqwest::Client::new()
-        .post(server.url("/webhooks/singapay"))
-        .header("x-signature", sig)
-        .header("x-timestamp", ts)
-        .header("authorization", "Bearer tok")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    process::post_signed(server.port, secret, body).await
 }
 
 /// Polls `what` until it holds, for up to 20 s.
