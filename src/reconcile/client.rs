@@ -38,6 +38,23 @@ impl std::fmt::Debug for ApiSettings {
     }
 }
 
+/// The largest answer read from the API; a longer one is cut off there (and is then not
+/// the JSON it should be): a misbehaving endpoint cannot fill this process's memory.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// Reads at most [`MAX_ANSWER_BYTES`] of a response's body.
+async fn bounded_body(mut response: reqwest::Response) -> reqwest::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_ANSWER_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ANSWER_BYTES {
+            break;
+        }
+    }
+    Ok(body)
+}
+
 /// A token is used until this long before Singapay says it expires.
 pub const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
@@ -112,7 +129,7 @@ impl ApiClient {
             .await;
         let response = sent.map_err(|e| AskError::TokenUnavailable(without_url(&e)))?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| AskError::TokenUnavailable(without_url(&e)))?;
+        let body = bounded_body(response).await.map_err(|e| AskError::TokenUnavailable(without_url(&e)))?;
         let Token { access_token, expires_in_secs } = inquiry::read_token(status, &body).map_err(|e| match e {
             TokenRefused::Credentials(m) => AskError::Credentials(m),
             TokenRefused::Forbidden(m) => AskError::Forbidden(m),
@@ -172,13 +189,13 @@ impl ApiClient {
         let received = async {
             let response = builder.send().await?;
             let status = response.status().as_u16();
-            Ok::<_, reqwest::Error>((status, response.bytes().await?))
+            Ok::<_, reqwest::Error>((status, bounded_body(response).await?))
         };
         match received.await {
             Ok((status, body)) => {
                 exchange.answer = inquiry::read_answer(product, status, &body);
                 exchange.http_status = Some(status);
-                exchange.response_body = body.to_vec();
+                exchange.response_body = body;
             }
             Err(e) => {
                 let what = if e.is_timeout() { "no answer in time" } else { "no answer" };

@@ -124,3 +124,31 @@ async fn faults_are_reported_as_what_they_are() {
     api.control("token-fault", json!({"answer": "401"})).await;
     assert!(matches!(fresh.token().await, Err(AskError::Credentials(_))));
 }
+
+/// An endpoint that answers without end: the client reads at most `MAX_ANSWER_BYTES` of it
+/// and reports what it got as unreadable (memory stays bounded).
+#[tokio::test]
+async fn an_endless_answer_is_cut_off() {
+    use axum::routing::post;
+    use singapay_webhooks::reconcile::client::{ApiClient, MAX_ANSWER_BYTES};
+    let endless = || async {
+        use futures::StreamExt;
+        let chunks = futures::stream::repeat_with(|| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024])).take(10_000);
+        axum::body::Body::from_stream(chunks)
+    };
+    let token = || async {
+        axum::Json(json!({"status": 200, "success": true, "data": {"access_token": "t", "expires_in": "3600"}}))
+    };
+    let router = axum::Router::new()
+        .route(inquiry::TOKEN_PATH, post(token))
+        .route("/api/v2.0/disbursement/{account}/inquiry-status", post(endless));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut settings = Api::start(Utc::now()).await.settings(Duration::from_secs(20));
+    settings.base_url = url;
+    let client = ApiClient::new(settings, std::sync::Arc::new(Utc::now)).unwrap();
+    let exchange = client.ask(Product::Disbursement, &disbursement("REF-BIG")).await.unwrap();
+    assert_eq!(exchange.response_body.len(), MAX_ANSWER_BYTES);
+    assert!(matches!(exchange.answer, Answer::Unreadable { .. }), "{:?}", exchange.answer);
+}
