@@ -240,7 +240,8 @@ pub fn read_answer(product: Product, http_status: u16, body: &[u8]) -> Answer {
     let status = if money_out {
         status_code.as_deref().and_then(status::status_from_code).map(str::to_owned)
     } else {
-        ["status", "status_computed"]
+        // `status_computed` takes expiry into account (`status` may still say `open`).
+        ["status_computed", "status"]
             .iter()
             .filter_map(|k| data.get(k).and_then(text))
             .find_map(|s| status::status_from_money_in(&s).map(str::to_owned))
@@ -392,5 +393,21 @@ mod tests {
         assert!(matches!(read_answer(Product::Va, 200, b"<html>"), Answer::Unreadable { .. }));
         let unknown = br#"{"response_code":"SP000","data":{"transaction_status":{"code":"42"}}}"#;
         assert!(matches!(read_answer(Product::Disbursement, 200, unknown), Answer::Unreadable { .. }));
+    }
+
+    /// QRIS, payment links and e-wallet checkouts say `open` until paid; `status_computed`
+    /// says `expired` once the code or link has expired while `status` may still say `open`.
+    #[test]
+    fn open_money_in_is_pending_unless_computed_expired() {
+        let status = |body: &[u8]| match read_answer(Product::Qris, 200, body) {
+            Answer::Status { status, .. } => status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(br#"{"status":200,"success":true,"data":[{"id":1,"status":"open"}]}"#), "pending");
+        assert_eq!(
+            status(br#"{"status":200,"success":true,"data":[{"id":1,"status":"open","status_computed":"expired","is_expired":true}]}"#),
+            "expired"
+        );
+        assert_eq!(status(br#"{"status":200,"success":true,"data":{"id":1,"status":"settled"}}"#), "succeeded");
     }
 }

@@ -98,7 +98,8 @@ pub fn status_from_code(code: &str) -> Option<&'static str> {
 pub fn status_from_money_in(s: &str) -> Option<&'static str> {
     Some(match s.trim().to_ascii_lowercase().as_str() {
         "paid" | "success" | "succeeded" | "settled" | "completed" => "succeeded",
-        "pending" | "unpaid" => "pending",
+        // `open`: a QRIS code, payment link or e-wallet checkout not paid yet (inquiries).
+        "pending" | "unpaid" | "open" | "pending_otp" => "pending",
         "initiated" => "initiated",
         "paying" => "paying",
         "expired" => "expired",
