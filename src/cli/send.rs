@@ -99,6 +99,14 @@ pub struct SendArgs {
     /// Print the requests instead of sending them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also script a local `sandbox` (its URL, e.g. http://127.0.0.1:8090): what Singapay's
+    /// API answers when asked about this transaction (see --sandbox-answers).
+    #[arg(long, requires = "sandbox_answers")]
+    pub sandbox: Option<String>,
+    /// The sandbox's answers, one per question, the last repeated (e.g. 03,00; a status or
+    /// a fault such as SP005, SP009, hang).
+    #[arg(long, value_delimiter = ',', requires = "sandbox")]
+    pub sandbox_answers: Vec<String>,
 }
 
 fn random_hex(n: usize) -> String {
@@ -200,6 +208,9 @@ pub async fn send(env: &Env<'_>, args: SendArgs) -> Result<()> {
         .redirect(reqwest::redirect::Policy::none())
         .timeout(std::time::Duration::from_secs(30))
         .build()?;
+    if let (Some(sandbox), Some((_, body))) = (&args.sandbox, bodies.first()) {
+        script_sandbox(&client, sandbox, body, &args.sandbox_answers, args.dry_run).await?;
+    }
     let host = url.host_str().unwrap_or("localhost").to_owned();
     let mut all_ok = true;
     for (n, (status, body)) in bodies.iter().enumerate() {
@@ -233,6 +244,46 @@ pub async fn send(env: &Env<'_>, args: SendArgs) -> Result<()> {
     if !all_ok {
         bail!("the receiver did not answer every callback with 2xx");
     }
+    Ok(())
+}
+
+/// Tells the sandbox what to answer about the transaction `body` is about, under the
+/// identifier an inquiry about it names.
+async fn script_sandbox(
+    client: &reqwest::Client,
+    sandbox: &str,
+    body: &str,
+    answers: &[String],
+    dry_run: bool,
+) -> Result<()> {
+    use crate::singapay::{inquiry, json, webhook};
+    let parsed = json::parse(body.as_bytes()).map_err(|e| anyhow::anyhow!("the built body is not JSON: {e:?}"))?;
+    let classified = webhook::classify(&parsed.value);
+    let change = classified.single().context("--sandbox needs a callback about one transaction")?;
+    let subject = inquiry::Subject {
+        product: change.product,
+        key_id: change.transaction_key.split_once(':').map_or("", |(_, id)| id),
+        singapay_id: change.singapay_id.as_deref(),
+        merchant_reference: change.merchant_reference.as_deref(),
+    };
+    let id = inquiry::identifier(&subject)
+        .with_context(|| format!("Singapay has no inquiry for {}", change.product.as_str()))?;
+    let line = format!("sandbox: asked about {id} ({}), answers {}", change.transaction_key, answers.join(", "));
+    if dry_run {
+        super::say(format!("would tell the {line}"));
+        return Ok(());
+    }
+    let url = format!("{}/_sandbox/transactions", sandbox.trim_end_matches('/'));
+    let resp = client
+        .post(&url)
+        .json(&serde_json::json!({ "id": id, "answers": answers }))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    if !resp.status().is_success() {
+        bail!("the sandbox refused the script: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    super::say(line);
     Ok(())
 }
 

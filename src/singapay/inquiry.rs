@@ -129,43 +129,54 @@ pub fn can_ask(product: Product) -> bool {
     )
 }
 
+/// The identifier an inquiry about `s` names: our `reference_number` for money-out,
+/// Singapay's transaction id for a VA payment, the `reff_no` for QRIS and payment links,
+/// Singapay's id for an e-wallet checkout, the transaction id for direct debit. `None` when
+/// the product has no inquiry or the identifier is not known.
+pub fn identifier<'a>(s: &Subject<'a>) -> Option<&'a str> {
+    let id = match s.product {
+        Product::Disbursement | Product::EwalletTopup | Product::QrisIssuer => s.merchant_reference?,
+        Product::Va | Product::Qris | Product::PaymentLink | Product::DirectDebit => s.key_id,
+        Product::Ewallet => s.singapay_id?,
+        Product::Settlement | Product::SettlementRefund | Product::SubscriptionBill | Product::SubscriptionPlan => {
+            return None
+        }
+    };
+    (!id.is_empty() && id.len() <= 128).then_some(id)
+}
+
 /// The request that asks about `s` on sub-account `account_id`, or `None` when the product
-/// has no inquiry or we lack the identifier it needs.
+/// has no inquiry or we lack the identifier it needs ([`identifier`]).
 pub fn request(s: &Subject<'_>, account_id: &str) -> Option<InquiryRequest> {
     let account = path_segment(account_id)?;
+    let id = identifier(s)?;
     let post = |path: String, body: serde_json::Value| InquiryRequest { method: Method::Post, path, body: Some(body) };
     let get = |path: String| InquiryRequest { method: Method::Get, path, body: None };
-    // Money-out is asked by our own reference_number.
-    let reference = s.merchant_reference.filter(|r| !r.is_empty() && r.len() <= 64);
+    // Money-out's reference_number is at most 64 characters.
+    let reference = || (id.len() <= 64).then_some(id);
     Some(match s.product {
-        Product::Disbursement => {
-            post(format!("/api/v2.0/disbursement/{account}/inquiry-status"), json!({ "reference_number": reference? }))
-        }
+        Product::Disbursement => post(
+            format!("/api/v2.0/disbursement/{account}/inquiry-status"),
+            json!({ "reference_number": reference()? }),
+        ),
         Product::EwalletTopup => {
-            post(format!("/api/v2.0/ewallet/{account}/inquiry-status"), json!({ "reference_number": reference? }))
+            post(format!("/api/v2.0/ewallet/{account}/inquiry-status"), json!({ "reference_number": reference()? }))
         }
         Product::QrisIssuer => post(
             format!("/api/v2.0/qris/status/{account}"),
-            json!({ "reference_number": reference?, "scope": "issuer" }),
+            json!({ "reference_number": reference()?, "scope": "issuer" }),
         ),
-        // The key of a VA payment is Singapay's transaction_id.
-        Product::Va => get(format!("/api/v1.0/va-transactions/{account}/{}", path_segment(s.key_id)?)),
-        // QRIS and payment-link keys are the payment's reff_no.
-        Product::Qris => get(format!("/api/v1.0/qris-dynamic/{account}?reff_no={}", query_value(s.key_id)?)),
-        Product::PaymentLink => {
-            get(format!("/api/v1.0/payment-link-histories/{account}?reff_no={}", query_value(s.key_id)?))
-        }
-        Product::Ewallet => {
-            get(format!("/api/v1.0/ewallet-native/{account}/inquiry-status/{}", path_segment(s.singapay_id?)?))
-        }
-        Product::DirectDebit => get(format!("/api/v2.0/direct-debit/transactions/{}", path_segment(s.key_id)?)),
+        Product::Va => get(format!("/api/v1.0/va-transactions/{account}/{}", path_segment(id)?)),
+        Product::Qris => get(format!("/api/v1.0/qris-dynamic/{account}?reff_no={}", query_value(id)?)),
+        Product::PaymentLink => get(format!("/api/v1.0/payment-link-histories/{account}?reff_no={}", query_value(id)?)),
+        Product::Ewallet => get(format!("/api/v1.0/ewallet-native/{account}/inquiry-status/{}", path_segment(id)?)),
+        Product::DirectDebit => get(format!("/api/v2.0/direct-debit/transactions/{}", path_segment(id)?)),
         Product::Settlement | Product::SettlementRefund | Product::SubscriptionBill | Product::SubscriptionPlan => {
             return None
         }
     })
 }
 
-/// What an inquiry answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// The transaction's status, normalised as a callback's would be (the whole answer is

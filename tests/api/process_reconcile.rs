@@ -169,3 +169,65 @@ async fn the_reconcile_command_shows_what_it_would_ask_then_asks() {
     let (ok, _, err) = process::run(&["reconcile", "--key", "disbursement:nothing-stored"], &vars).await;
     assert!(!ok && err.contains("no stored transaction or delivery"), "{err}");
 }
+
+/// The developer's loop: `send` posts a disbursement stuck at `01` and scripts the sandbox
+/// for it; `serve` finds it overdue, asks, and follows Singapay's answers to `succeeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_scripts_the_sandbox_and_serve_follows_an_overdue_disbursement_to_its_end() {
+    let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    let mut extra = api_settings(&api);
+    for (k, v) in
+        [("RECONCILE_INTERVAL_SECS", "1"), ("RECONCILE_MONEY_OUT_OVERDUE_SECS", "1"), ("RECONCILE_BACKOFF_SECS", "1")]
+    {
+        extra.push((k.into(), v.into()));
+    }
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (server, secret, db) = process::serve_fresh(&extra).await;
+    let url = server.url("/webhooks/singapay");
+    let args = [
+        "send",
+        "disbursement",
+        "--url",
+        &url,
+        "--secret",
+        &secret,
+        "--status",
+        "01",
+        "--reference",
+        "PAYOUT-SEND-1",
+        "--transaction-id",
+        "7700000000000000000000000000501",
+        "--sandbox",
+        &api.url,
+        "--sandbox-answers",
+        "03,00",
+    ];
+    let (ok, out, err) = process::run(&args, &[]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains(
+            "sandbox: asked about PAYOUT-SEND-1 (disbursement:7700000000000000000000000000501), answers 03, 00"
+        ),
+        "{out}"
+    );
+    let key = "disbursement:7700000000000000000000000000501";
+    eventually("Singapay's final answer is applied", || async {
+        status_of(&db, key).await.as_deref() == Some("succeeded")
+    })
+    .await;
+    let steps: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT version, webhook_type, to_status FROM singapay.event_log WHERE transaction_key = $1 ORDER BY version",
+    )
+    .bind(key)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let expected: Vec<(i32, String, String)> = vec![
+        (1, "disbursement".into(), "initiated".into()),
+        (2, "inquiry".into(), "pending".into()),
+        (3, "inquiry".into(), "succeeded".into()),
+    ];
+    assert_eq!(steps, expected);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(api.inquiries().await.len(), 2, "asked until final, then no more");
+}
