@@ -46,6 +46,9 @@ CREATE INDEX inquiries_asked_at_idx ON singapay.inquiries (asked_at);
 CREATE TABLE singapay.reconcile_checks (
     transaction_key         text        PRIMARY KEY,
     reason                  text        NOT NULL CHECK (reason IN ('needs_inquiry', 'overdue', 'requested')),
+    -- The order checks are taken in: callbacks that need an inquiry, then overdue, then requested.
+    priority                smallint    NOT NULL GENERATED ALWAYS AS
+        (CASE reason WHEN 'needs_inquiry' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END) STORED,
     delivery_id             bigint      REFERENCES singapay.deliveries (id) ON DELETE SET NULL,
     created_at              timestamptz NOT NULL DEFAULT now(),
     due_at                  timestamptz NOT NULL DEFAULT now(),
@@ -58,7 +61,8 @@ CREATE TABLE singapay.reconcile_checks (
     last_error              text
 );
 
-CREATE INDEX reconcile_checks_due_idx ON singapay.reconcile_checks (due_at) WHERE state = 'open';
+-- Claiming reads this in order and stops after the few it takes, however many are waiting.
+CREATE INDEX reconcile_checks_due_idx ON singapay.reconcile_checks (priority, due_at) WHERE state = 'open';
 
 -- Asks for transaction_key to be checked at once (by the next reconciler pass). False when
 -- the key is neither a stored transaction nor named by a stored delivery.

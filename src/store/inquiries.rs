@@ -172,7 +172,7 @@ pub async fn claim(
              WHERE state = 'open' AND due_at <= now()
                AND (locked_until IS NULL OR locked_until < now())
                AND ($4::text IS NULL OR transaction_key = $4)
-             ORDER BY CASE reason WHEN 'needs_inquiry' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END, due_at
+             ORDER BY priority, due_at
              LIMIT $3
              FOR UPDATE SKIP LOCKED)
          UPDATE singapay.reconcile_checks r
@@ -197,7 +197,7 @@ pub async fn due(conn: &mut PgConnection, key: Option<&str>, limit: i64) -> Resu
         "SELECT {CHECK_COLUMNS} FROM singapay.reconcile_checks
           WHERE state = 'open' AND due_at <= now() AND (locked_until IS NULL OR locked_until < now())
             AND ($1::text IS NULL OR transaction_key = $1)
-          ORDER BY CASE reason WHEN 'needs_inquiry' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END, due_at
+          ORDER BY priority, due_at
           LIMIT $2"
     ))
     .bind(key)
