@@ -42,6 +42,8 @@ CREATE TABLE singapay.inquiries (
 
 CREATE INDEX inquiries_transaction_key_idx ON singapay.inquiries (transaction_key, id);
 CREATE INDEX inquiries_asked_at_idx ON singapay.inquiries (asked_at);
+-- For the foreign keys' ON DELETE when retention deletes a delivery.
+CREATE INDEX inquiries_delivery_idx ON singapay.inquiries (delivery_id) WHERE delivery_id IS NOT NULL;
 
 CREATE TABLE singapay.reconcile_checks (
     transaction_key         text        PRIMARY KEY,
@@ -63,6 +65,10 @@ CREATE TABLE singapay.reconcile_checks (
 
 -- Claiming reads this in order and stops after the few it takes, however many are waiting.
 CREATE INDEX reconcile_checks_due_idx ON singapay.reconcile_checks (priority, due_at) WHERE state = 'open';
+-- For the foreign keys' ON DELETE when retention deletes a delivery or an inquiry.
+CREATE INDEX reconcile_checks_delivery_idx ON singapay.reconcile_checks (delivery_id) WHERE delivery_id IS NOT NULL;
+CREATE INDEX reconcile_checks_last_inquiry_idx ON singapay.reconcile_checks (last_inquiry_id)
+    WHERE last_inquiry_id IS NOT NULL;
 
 -- Asks for transaction_key to be checked at once (by the next reconciler pass). False when
 -- the key is neither a stored transaction nor named by a stored delivery.
