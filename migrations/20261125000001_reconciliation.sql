@@ -8,10 +8,16 @@
 --   state = 'gave_up' and its last_error, for an operator.
 -- * singapay.inquiries: every question and its raw answer, what it was read as and what
 --   it did to the transaction (transition, version): the audit of reconciliation.
--- * singapay.request_check(transaction_key): asks for a check now.
---
--- New tables and a function only: no lock on anything intake writes.
+-- * singapay.request_check(transaction_key [, singapay_id, merchant_reference]): asks for a
+--   check now, also of a transaction nothing stored names yet (an e-wallet checkout that
+--   never called back), given what its inquiry needs.
+-- * transactions.last_delivery_id may be NULL: a transaction known only from an inquiry's
+--   answer has no delivery. Dropping NOT NULL changes the catalog only (no rewrite, no
+--   scan), under a brief exclusive lock; like the other migrations this one gives up after
+--   5 s rather than queue callbacks behind a long transaction, and can be run again.
 SET LOCAL lock_timeout = '5s';
+
+ALTER TABLE singapay.transactions ALTER COLUMN last_delivery_id DROP NOT NULL;
 
 CREATE TABLE singapay.inquiries (
     id                      bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -52,6 +58,9 @@ CREATE TABLE singapay.reconcile_checks (
     priority                smallint    NOT NULL GENERATED ALWAYS AS
         (CASE reason WHEN 'needs_inquiry' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END) STORED,
     delivery_id             bigint      REFERENCES singapay.deliveries (id) ON DELETE SET NULL,
+    -- What a requested check of an unknown transaction was given to ask with.
+    singapay_id             text,
+    merchant_reference      text,
     created_at              timestamptz NOT NULL DEFAULT now(),
     due_at                  timestamptz NOT NULL DEFAULT now(),
     asked                   integer     NOT NULL DEFAULT 0,
@@ -70,20 +79,33 @@ CREATE INDEX reconcile_checks_delivery_idx ON singapay.reconcile_checks (deliver
 CREATE INDEX reconcile_checks_last_inquiry_idx ON singapay.reconcile_checks (last_inquiry_id)
     WHERE last_inquiry_id IS NOT NULL;
 
--- Asks for transaction_key to be checked at once (by the next reconciler pass). False when
--- the key is neither a stored transaction nor named by a stored delivery.
-CREATE FUNCTION singapay.request_check(p_transaction_key text) RETURNS boolean
+-- Asks for transaction_key to be checked at once (by the next reconciler pass). A key that
+-- is neither a stored transaction nor named by a stored delivery is accepted when its
+-- product has an inquiry, with the identifiers the inquiry needs when the key does not hold
+-- them (an e-wallet checkout: Singapay's id); false otherwise.
+CREATE FUNCTION singapay.request_check(
+    p_transaction_key text,
+    p_singapay_id text DEFAULT NULL,
+    p_merchant_reference text DEFAULT NULL
+) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM singapay.transactions WHERE transaction_key = p_transaction_key)
-       AND NOT EXISTS (SELECT 1 FROM singapay.deliveries WHERE transaction_key = p_transaction_key) THEN
+       AND NOT EXISTS (SELECT 1 FROM singapay.deliveries WHERE transaction_key = p_transaction_key)
+       AND NOT (split_part(p_transaction_key, ':', 1) IN
+                    ('va', 'qris', 'payment_link', 'ewallet', 'disbursement', 'ewallet_topup', 'qris_issuer',
+                     'direct_debit')
+                AND length(p_transaction_key) > length(split_part(p_transaction_key, ':', 1)) + 1) THEN
         RETURN false;
     END IF;
-    INSERT INTO singapay.reconcile_checks (transaction_key, reason, delivery_id)
+    INSERT INTO singapay.reconcile_checks (transaction_key, reason, delivery_id, singapay_id, merchant_reference)
     VALUES (p_transaction_key, 'requested',
-            (SELECT max(id) FROM singapay.deliveries WHERE transaction_key = p_transaction_key AND needs_inquiry))
+            (SELECT max(id) FROM singapay.deliveries WHERE transaction_key = p_transaction_key AND needs_inquiry),
+            p_singapay_id, p_merchant_reference)
     ON CONFLICT (transaction_key) DO UPDATE
-       SET due_at = now(), state = 'open', not_found = 0, last_error = NULL;
+       SET due_at = now(), state = 'open', not_found = 0, last_error = NULL,
+           singapay_id = coalesce(excluded.singapay_id, singapay.reconcile_checks.singapay_id),
+           merchant_reference = coalesce(excluded.merchant_reference, singapay.reconcile_checks.merchant_reference);
     RETURN true;
 END
 $$;

@@ -13,10 +13,20 @@ pub struct ReconcileArgs {
     /// Show what would be asked (and the request), ask nothing, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Only this transaction (e.g. disbursement:PAYOUT-1), asked about now whatever its
-    /// schedule; it must be a stored transaction or named by a stored delivery.
+    /// Only this transaction (e.g. disbursement:1405981222026031614220917745120), asked about
+    /// now whatever its schedule: a stored one, or one of a product with an inquiry that
+    /// nothing stored names yet (with --singapay-id or --reference when its key does not
+    /// hold what the inquiry needs).
     #[arg(long)]
     pub key: Option<String>,
+    /// With --key: Singapay's id, for a transaction nothing stored names (an e-wallet
+    /// checkout is asked by it).
+    #[arg(long, requires = "key")]
+    pub singapay_id: Option<String>,
+    /// With --key: the merchant's reference, for a transaction nothing stored names
+    /// (money-out is asked by its reference_number).
+    #[arg(long, requires = "key")]
+    pub reference: Option<String>,
 }
 
 /// `reconcile`: one pass now.
@@ -31,25 +41,28 @@ pub async fn reconcile(env: &Env<'_>, file: &EnvFile, args: ReconcileArgs) -> Re
     let clock: reconcile::Clock = Arc::new(chrono::Utc::now);
     let reconciler = Reconciler::new(pool.clone(), settings, clock, &format!("reconcile@{}", reconcile::host_name()))?;
     let key = args.key.as_deref();
-    let result = if args.dry_run { dry_run(&reconciler, key).await } else { pass(&reconciler, key).await };
+    let ids = (args.singapay_id.as_deref(), args.reference.as_deref());
+    let result = if args.dry_run { dry_run(&reconciler, key, ids).await } else { pass(&reconciler, key, ids).await };
     pool.close().await;
     result
 }
 
-async fn dry_run(reconciler: &Arc<Reconciler>, key: Option<&str>) -> Result<()> {
+type Ids<'a> = (Option<&'a str>, Option<&'a str>);
+
+async fn dry_run(reconciler: &Arc<Reconciler>, key: Option<&str>, (singapay_id, reference): Ids<'_>) -> Result<()> {
     // The checks a pass would find, found in a transaction that is rolled back.
     let mut tx = reconciler.pool().begin().await?;
     let found = match key {
-        Some(key) => u64::from(inquiries::request_check(&mut tx, key).await?),
+        Some(key) => u64::from(inquiries::request_check(&mut tx, key, singapay_id, reference).await?),
         None => inquiries::discover(&mut tx, &reconciler.settings().overdue()).await?,
     };
     if key.is_some() && found == 0 {
-        bail!("no stored transaction or delivery has the key {:?}", key.unwrap_or_default());
+        bail!("{:?} is neither stored nor the key of a product Singapay can be asked about", key.unwrap_or_default());
     }
     let due = inquiries::due(&mut tx, key, 10_000).await?;
-    tx.rollback().await?;
+    let mut lines = Vec::new();
     for check in &due {
-        let line = match reconciler.plan(check).await? {
+        let line = match reconciler.plan(&mut tx, check).await? {
             Ok(plan) => format!(
                 "would ask  {}  ({})  {} {}{}",
                 check.transaction_key,
@@ -65,20 +78,28 @@ async fn dry_run(reconciler: &Arc<Reconciler>, key: Option<&str>) -> Result<()> 
                 describe(&next)
             ),
         };
+        lines.push(line);
+    }
+    tx.rollback().await?;
+    for line in lines {
         super::say(line);
     }
     super::say(format!("reconcile --dry-run: {} due (nothing asked, nothing changed)", due.len()));
     Ok(())
 }
 
-async fn pass(reconciler: &Arc<Reconciler>, key: Option<&str>) -> Result<()> {
+async fn pass(reconciler: &Arc<Reconciler>, key: Option<&str>, (singapay_id, reference): Ids<'_>) -> Result<()> {
+    if let (Some(key), true) = (key, singapay_id.is_some() || reference.is_some()) {
+        let mut conn = reconciler.pool().acquire().await?;
+        inquiries::request_check(&mut conn, key, singapay_id, reference).await?;
+    }
     let report = reconciler.pass(key).await.context("reconciling")?;
     if let Some(cause) = &report.halted {
         bail!("Singapay refused this receiver: {cause}");
     }
     if let Some(key) = key {
         if report.discovered == 0 {
-            bail!("no stored transaction or delivery has the key {key:?}");
+            bail!("{key:?} is neither stored nor the key of a product Singapay can be asked about");
         }
     }
     for o in &report.outcomes {

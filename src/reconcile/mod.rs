@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
+use sqlx::PgConnection;
 
 use crate::singapay::inquiry::{self, Answer};
 use crate::singapay::json;
@@ -208,7 +209,7 @@ impl Reconciler {
         }
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         report.discovered = match key {
-            Some(key) => u64::from(inquiries::request_check(&mut conn, key).await?),
+            Some(key) => u64::from(inquiries::request_check(&mut conn, key, None, None).await?),
             None => inquiries::discover(&mut conn, &self.settings.overdue()).await?,
         };
         drop(conn);
@@ -285,8 +286,8 @@ impl Reconciler {
     }
 
     /// What to ask about one check, or why not to ask (and what becomes of the check).
-    pub async fn plan(&self, c: &Check) -> Result<Result<Plan, (Next, String)>, StoreError> {
-        let known = inquiries::known(&self.pool, c).await?;
+    pub async fn plan(&self, conn: &mut PgConnection, c: &Check) -> Result<Result<Plan, (Next, String)>, StoreError> {
+        let known = inquiries::known(conn, c).await?;
         // What the delivery that asked for an inquiry says (a callback without a status
         // created no transaction row, and holds the merchant's reference).
         let reported: Option<Change> = known
@@ -309,9 +310,16 @@ impl Reconciler {
             let why = format!("Singapay has no inquiry for {}", product.as_str());
             return Ok(Err((Next::GiveUp(why.clone()), why)));
         }
-        let singapay_id = known.singapay_id.or_else(|| reported.as_ref().and_then(|r| r.singapay_id.clone()));
-        let merchant_reference =
-            known.merchant_reference.or_else(|| reported.as_ref().and_then(|r| r.merchant_reference.clone()));
+        // The stored transaction first, then the delivery that needed the inquiry, then what
+        // the request for a check gave.
+        let singapay_id = known
+            .singapay_id
+            .or_else(|| reported.as_ref().and_then(|r| r.singapay_id.clone()))
+            .or(known.requested_singapay_id);
+        let merchant_reference = known
+            .merchant_reference
+            .or_else(|| reported.as_ref().and_then(|r| r.merchant_reference.clone()))
+            .or(known.requested_merchant_reference);
         let key_id = c.transaction_key.split_once(':').map_or("", |(_, id)| id);
         let subject = inquiry::Subject {
             product,
@@ -337,7 +345,10 @@ impl Reconciler {
             next,
             inquiry_id: None,
         };
-        let Plan { product, request, singapay_id, merchant_reference } = match self.plan(&c).await? {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        let planned = self.plan(&mut conn, &c).await?;
+        drop(conn);
+        let Plan { product, request, singapay_id, merchant_reference } = match planned {
             Ok(plan) => plan,
             Err((next, why)) => return self.settle(&c, not_asked(next, &why)).await,
         };

@@ -168,14 +168,17 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
                 Fate::Reapplied { id: *delivery_id, outcome, changes }
             }
             Write::Inquiry(q) => {
-                // A stored transaction keeps its deliveries. One is created only from the
-                // delivery that asked for the inquiry (its first and last delivery); one
-                // with neither row nor such a delivery is not invented from an answer.
+                // A stored transaction keeps its deliveries. A new one is created from the
+                // delivery that asked for the inquiry (its first and last delivery), or, for
+                // a check someone requested, with no delivery; an overdue check's
+                // transaction that has gone (it cannot, short of a manual delete) is not
+                // brought back.
                 let change = q.change.as_ref().and_then(|ch| {
                     let status = ch.status.as_deref()?;
                     let delivery = match q.delivery_id {
                         _ if ledger.rows.contains_key(&ch.transaction_key) => DeliveryRef::Keep,
                         Some(id) => DeliveryRef::Stored(id),
+                        None if q.reason == inquiries::CheckReason::Requested => DeliveryRef::Keep,
                         None => return None,
                     };
                     let ctx = Context {

@@ -99,6 +99,9 @@ pub struct Known {
     /// The body of the delivery that needed the inquiry (the only record of a transaction
     /// whose callback carried no status).
     pub delivery_body: Option<Vec<u8>>,
+    /// What `request_check` was given to ask with (for a transaction nothing stored names).
+    pub requested_singapay_id: Option<String>,
+    pub requested_merchant_reference: Option<String>,
 }
 
 /// Statuses that are not final (the partial index `transactions_open_idx` holds them).
@@ -208,16 +211,18 @@ pub async fn due(conn: &mut PgConnection, key: Option<&str>, limit: i64) -> Resu
 }
 
 /// What is stored about a check's transaction.
-pub async fn known(pool: &PgPool, check: &Check) -> Result<Known, sqlx::Error> {
+pub async fn known(conn: &mut PgConnection, check: &Check) -> Result<Known, sqlx::Error> {
     sqlx::query_as(
-        "SELECT t.product, t.status, t.singapay_id, t.merchant_reference, d.body AS delivery_body
+        "SELECT t.product, t.status, t.singapay_id, t.merchant_reference, d.body AS delivery_body,
+                c.singapay_id AS requested_singapay_id, c.merchant_reference AS requested_merchant_reference
            FROM (SELECT $1::text AS k) x
            LEFT JOIN singapay.transactions t ON t.transaction_key = x.k
-           LEFT JOIN singapay.deliveries d ON d.id = $2",
+           LEFT JOIN singapay.deliveries d ON d.id = $2
+           LEFT JOIN singapay.reconcile_checks c ON c.transaction_key = x.k",
     )
     .bind(&check.transaction_key)
     .bind(check.delivery_id)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
 }
 
@@ -319,9 +324,20 @@ pub(super) async fn clear_needs_inquiry(conn: &mut PgConnection, key: &str) -> R
     Ok(())
 }
 
-/// `singapay.request_check`: false when the key is unknown.
-pub async fn request_check(conn: &mut PgConnection, key: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT singapay.request_check($1)").bind(key).fetch_one(conn).await
+/// `singapay.request_check`: false when the key is neither stored nor of a product with an
+/// inquiry.
+pub async fn request_check(
+    conn: &mut PgConnection,
+    key: &str,
+    singapay_id: Option<&str>,
+    merchant_reference: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT singapay.request_check($1, $2, $3)")
+        .bind(key)
+        .bind(singapay_id)
+        .bind(merchant_reference)
+        .fetch_one(conn)
+        .await
 }
 
 /// Checks by reason and state, for the metrics.

@@ -604,3 +604,50 @@ async fn a_pass_stops_at_its_interval_and_says_more_is_due() {
     assert_eq!(done, 8);
     assert!(!rec.pass(None).await.unwrap().more);
 }
+
+/// A failed or abandoned e-wallet checkout sends no callback: asked for by key and
+/// Singapay's id, its outcome becomes a transaction with one event. A key of no product with
+/// an inquiry is refused; one whose inquiry lacks its identifier is given up, saying so.
+#[tokio::test]
+async fn a_checkout_that_never_called_back_is_asked_about_on_request() {
+    let app = TestApp::spawn().await;
+    let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    api.script("4455", &["expired"]).await;
+    let request = |key: &'static str, singapay_id: Option<&'static str>| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT singapay.request_check($1, p_singapay_id => $2)")
+                .bind(key)
+                .bind(singapay_id)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(request("ewallet:INV-9", Some("4455")).await);
+    assert!(request("ewallet:INV-10", None).await);
+    assert!(!request("settlement:NOTHING", None).await, "settlements have no inquiry");
+    assert!(!request("nonsense:1", None).await);
+    assert!(!request("ewallet:", None).await);
+
+    let report = reconciler(&app, settings(&api), None).pass(None).await.unwrap();
+    assert_eq!(report.outcomes.len(), 2, "{report:?}");
+    let o = only(&report.outcomes, "ewallet:INV-9");
+    assert_eq!(
+        (o.status.as_deref(), o.transition.as_deref(), &o.next),
+        (Some("expired"), Some("applied"), &Next::Done)
+    );
+    let (status, version, singapay_id, last_delivery): (String, i32, Option<String>, Option<i64>) = sqlx::query_as(
+        "SELECT status, version, singapay_id, last_delivery_id FROM singapay.transactions WHERE transaction_key = 'ewallet:INV-9'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), version, singapay_id.as_deref(), last_delivery), ("expired", 1, Some("4455"), None));
+    let evs = events(&app, "ewallet:INV-9").await;
+    assert_eq!(evs.len(), 1);
+    assert_eq!((evs[0].1.as_str(), evs[0].2["source"].as_str()), ("inquiry", Some("inquiry")));
+    let gave_up = only(&report.outcomes, "ewallet:INV-10");
+    assert!(matches!(&gave_up.next, Next::GiveUp(why) if why.contains("identifier")), "{gave_up:?}");
+    assert_eq!(api.inquiries().await.len(), 1, "only the checkout with an id was asked about");
+}

@@ -166,8 +166,25 @@ async fn the_reconcile_command_shows_what_it_would_ask_then_asks() {
         "{out}"
     );
     assert_eq!(api.inquiries().await.len(), 2);
-    let (ok, _, err) = process::run(&["reconcile", "--key", "disbursement:nothing-stored"], &vars).await;
-    assert!(!ok && err.contains("no stored transaction or delivery"), "{err}");
+    let (ok, _, err) = process::run(&["reconcile", "--key", "nothing:stored"], &vars).await;
+    assert!(!ok && err.contains("neither stored nor the key of a product"), "{err}");
+
+    // A checkout nothing stored names (it never called back), with Singapay's id to ask by.
+    let args = ["reconcile", "--dry-run", "--key", "ewallet:INV-CMD-9", "--singapay-id", "777"];
+    let (ok, out, err) = process::run(&args, &vars).await;
+    assert!(ok, "{err}");
+    let expected = format!(
+        "would ask  ewallet:INV-CMD-9  (requested)  GET /api/v1.0/ewallet-native/{SANDBOX_ACCOUNT}/inquiry-status/777"
+    );
+    assert!(out.lines().any(|l| l == expected), "{out}");
+    api.script("777", &["expired"]).await;
+    let (ok, out, err) = process::run(&args[..1].iter().chain(&args[2..]).copied().collect::<Vec<_>>(), &vars).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("ewallet:INV-CMD-9") && l.contains("status=expired transition=applied")),
+        "{out}"
+    );
+    assert_eq!(status_of(&db, "ewallet:INV-CMD-9").await.as_deref(), Some("expired"));
 }
 
 /// The developer's loop: `send` posts a disbursement stuck at `01` and scripts the sandbox
