@@ -54,7 +54,7 @@ async fn dry_run(reconciler: &Arc<Reconciler>, key: Option<&str>, (singapay_id, 
     let mut tx = reconciler.pool().begin().await?;
     let found = match key {
         Some(key) => u64::from(inquiries::request_check(&mut tx, key, singapay_id, reference).await?),
-        None => inquiries::discover(&mut tx, &reconciler.settings().overdue()).await?,
+        None => inquiries::discover(&mut tx, &reconciler.settings().overdue(), None).await?.added,
     };
     if key.is_some() && found == 0 {
         bail!("{:?} is neither stored nor the key of a product Singapay can be asked about", key.unwrap_or_default());

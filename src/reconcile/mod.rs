@@ -135,6 +135,19 @@ pub struct PassReport {
     pub more: bool,
 }
 
+/// Overdue discovery looks only at what became overdue since the last complete one (less
+/// this margin, for transactions that committed late)…
+const DISCOVERY_OVERLAP: chrono::Duration = chrono::Duration::minutes(5);
+/// …and at every open transaction this often (and at start).
+const FULL_DISCOVERY_EVERY: Duration = Duration::from_secs(3600);
+
+/// Where the last complete discovery started, and when the last full one was.
+#[derive(Clone, Copy)]
+struct Discovered {
+    since: chrono::DateTime<chrono::Utc>,
+    full_at: Instant,
+}
+
 /// Why inquiries are stopped, and until when.
 struct Halt {
     cause: String,
@@ -148,13 +161,14 @@ pub struct Reconciler {
     /// Who holds the leases this replica takes (host, process, a random tag).
     who: String,
     halt: Mutex<Option<Halt>>,
+    discovered: Mutex<Option<Discovered>>,
 }
 
 impl Reconciler {
     pub fn new(pool: sqlx::PgPool, settings: ReconcileSettings, clock: Clock, who: &str) -> anyhow::Result<Arc<Self>> {
         let client = ApiClient::new(settings.api.clone(), clock)?;
         let who = format!("{who}:{}:{:08x}", std::process::id(), rand::random::<u32>());
-        Ok(Arc::new(Reconciler { pool, client, settings, who, halt: Mutex::new(None) }))
+        Ok(Arc::new(Reconciler { pool, client, settings, who, halt: Mutex::new(None), discovered: Mutex::new(None) }))
     }
 
     pub fn settings(&self) -> &ReconcileSettings {
@@ -210,7 +224,7 @@ impl Reconciler {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         report.discovered = match key {
             Some(key) => u64::from(inquiries::request_check(&mut conn, key, None, None).await?),
-            None => inquiries::discover(&mut conn, &self.settings.overdue()).await?,
+            None => self.discover(&mut conn).await?,
         };
         drop(conn);
         loop {
@@ -249,6 +263,20 @@ impl Reconciler {
             }
         }
         Ok(report)
+    }
+
+    /// Finds new checks: since the last complete discovery, or everywhere once an hour.
+    async fn discover(&self, conn: &mut PgConnection) -> Result<u64, StoreError> {
+        let last = *self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        let incremental = last.filter(|d| d.full_at.elapsed() < FULL_DISCOVERY_EVERY);
+        let since = incremental.map(|d| d.since - DISCOVERY_OVERLAP);
+        let found = inquiries::discover(conn, &self.settings.overdue(), since).await?;
+        if found.complete {
+            let full_at = incremental.map_or_else(Instant::now, |d| d.full_at);
+            *self.discovered.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Discovered { since: found.started_at, full_at });
+        }
+        Ok(found.added)
     }
 
     /// The cause while inquiries are stopped. After the pause the next question tries

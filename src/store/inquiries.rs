@@ -3,6 +3,7 @@
 //! with Singapay's API (`inquiries`). An answer is written by [`super::write`] as a
 //! [`super::Write::Inquiry`], through the same state machine and statements as a callback.
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use crate::singapay::webhook::Change;
@@ -110,10 +111,33 @@ pub const OPEN_STATUSES: &str = "('initiated', 'paying', 'pending')";
 /// Most new checks one discovery adds per reason, so one pass stays short after an outage.
 const DISCOVER_LIMIT: i64 = 1000;
 
+/// What one discovery did.
+#[derive(Debug, Clone, Copy)]
+pub struct Discovery {
+    /// New checks.
+    pub added: u64,
+    /// When it started, by the database's clock: the next one can start its search there.
+    pub started_at: DateTime<Utc>,
+    /// False when it stopped at its limit with overdue transactions left to add.
+    pub complete: bool,
+}
+
 /// Adds checks for deliveries that need an inquiry and for transactions overdue by their
 /// product's threshold (`overdue`: product name and seconds). Several replicas may run it
 /// at once: a transaction already checked is left alone (`ON CONFLICT DO NOTHING`).
-pub async fn discover(conn: &mut PgConnection, overdue: &[(&str, u64)]) -> Result<u64, sqlx::Error> {
+///
+/// With `since`, only transactions that became overdue after it are looked at (those whose
+/// last change is within the threshold before `since`): what a previous complete discovery
+/// did not see yet. Without, every open transaction is (the partial index of open
+/// transactions either way: one range of `(product, updated_at)` per product; `OFFSET 0`
+/// keeps Postgres from flattening the per-product subquery into one scan of every open
+/// transaction, which it prefers for eight products whatever the range).
+pub async fn discover(
+    conn: &mut PgConnection,
+    overdue: &[(&str, u64)],
+    since: Option<DateTime<Utc>>,
+) -> Result<Discovery, sqlx::Error> {
+    let started_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *conn).await?;
     let needs = sqlx::query(
         "INSERT INTO singapay.reconcile_checks (transaction_key, reason, delivery_id)
          SELECT DISTINCT ON (d.transaction_key) d.transaction_key, 'needs_inquiry', d.id
@@ -133,9 +157,12 @@ pub async fn discover(conn: &mut PgConnection, overdue: &[(&str, u64)]) -> Resul
         "INSERT INTO singapay.reconcile_checks (transaction_key, reason)
          SELECT t.transaction_key, 'overdue'
            FROM unnest($1::text[], $2::int8[]) AS o(product, secs)
-           JOIN singapay.transactions t
-             ON t.product = o.product AND t.status IN {OPEN_STATUSES}
-            AND t.updated_at < now() - o.secs * interval '1 second'
+           CROSS JOIN LATERAL (
+               SELECT t.transaction_key FROM singapay.transactions t
+                WHERE t.product = o.product AND t.status IN {OPEN_STATUSES}
+                  AND t.updated_at < now() - o.secs * interval '1 second'
+                  AND t.updated_at >= coalesce($4::timestamptz - o.secs * interval '1 second', '-infinity')
+               OFFSET 0) t
           WHERE NOT EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.transaction_key = t.transaction_key)
           LIMIT $3
          ON CONFLICT (transaction_key) DO NOTHING"
@@ -143,10 +170,11 @@ pub async fn discover(conn: &mut PgConnection, overdue: &[(&str, u64)]) -> Resul
     .bind(products)
     .bind(secs)
     .bind(DISCOVER_LIMIT)
+    .bind(since)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(needs + late)
+    Ok(Discovery { added: needs + late, started_at, complete: (late as i64) < DISCOVER_LIMIT })
 }
 
 const CHECK_COLUMNS: &str = "transaction_key, reason, delivery_id, asked, not_found";

@@ -545,11 +545,16 @@ async fn a_token_refused_twice_is_recorded_not_looped() {
 }
 
 /// Money-in is asked by its own endpoint (a VA by its transaction id, with GET) once
-/// overdue by the money-in threshold, and Singapay's `paid` is applied as `succeeded`.
+/// overdue by the money-in threshold (found by a later pass's incremental discovery), and
+/// Singapay's `paid` is applied as `succeeded`.
 #[tokio::test]
 async fn an_overdue_va_is_asked_by_its_own_endpoint() {
     let app = TestApp::spawn().await;
     let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    let mut s = settings(&api);
+    s.money_in_overdue = Duration::from_secs(2);
+    let rec = reconciler(&app, s, None);
+    assert!(rec.pass(None).await.unwrap().outcomes.is_empty(), "the first, full discovery finds nothing");
     let body = crate::helpers::payload("va-transaction").replace(r#""status": "paid""#, r#""status": "unpaid""#);
     assert_eq!(app.send(&body).await.status, 200);
     let key: String =
@@ -557,14 +562,8 @@ async fn an_overdue_va_is_asked_by_its_own_endpoint() {
     assert_eq!(transaction(&app, &key).await.unwrap().0, "pending");
     let id = key.strip_prefix("va:").unwrap().to_owned();
     api.script(&id, &["paid"]).await;
-    let mut s = settings(&api);
-    s.money_in_overdue = Duration::from_secs(3600);
-    let rec = reconciler(&app, s, None);
     assert!(rec.pass(None).await.unwrap().outcomes.is_empty(), "not overdue yet");
-    sqlx::query("UPDATE singapay.transactions SET updated_at = now() - interval '2 hours'")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let report = rec.pass(None).await.unwrap();
     let o = only(&report.outcomes, &key);
     assert_eq!(
@@ -650,4 +649,41 @@ async fn a_checkout_that_never_called_back_is_asked_about_on_request() {
     let gave_up = only(&report.outcomes, "ewallet:INV-10");
     assert!(matches!(&gave_up.next, Next::GiveUp(why) if why.contains("identifier")), "{gave_up:?}");
     assert_eq!(api.inquiries().await.len(), 1, "only the checkout with an id was asked about");
+}
+
+/// Incremental discovery looks only at transactions that became overdue after `since`;
+/// the full one at every open transaction.
+#[tokio::test]
+async fn incremental_discovery_finds_what_became_overdue_since_the_last_one() {
+    use singapay_webhooks::store::inquiries;
+    let app = TestApp::spawn().await;
+    for (id, minutes) in [("7700000000000000000000000000601", 120), ("7700000000000000000000000000602", 20)] {
+        assert_eq!(app.send(&disbursement(id, &format!("PAYOUT-{id}"), "SP000", Some("03"))).await.status, 200);
+        sqlx::query(
+            "UPDATE singapay.transactions SET updated_at = now() - $2 * interval '1 minute' WHERE transaction_key = $1",
+        )
+        .bind(format!("disbursement:{id}"))
+        .bind(minutes as f64)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    let overdue = [("disbursement", 15 * 60)];
+    let keys = |db: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SELECT transaction_key FROM singapay.reconcile_checks ORDER BY 1")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+    };
+    let mut conn = app.db.acquire().await.unwrap();
+    // The previous discovery ran 10 minutes ago: since then, what changed 15 to 25 minutes
+    // ago became overdue; what changed two hours ago was overdue then already.
+    let since = Utc::now() - chrono::Duration::minutes(10);
+    let found = inquiries::discover(&mut conn, &overdue, Some(since)).await.unwrap();
+    assert_eq!((found.added, found.complete), (1, true));
+    assert_eq!(keys(app.db.clone()).await, ["disbursement:7700000000000000000000000000602"]);
+    let found = inquiries::discover(&mut conn, &overdue, None).await.unwrap();
+    assert_eq!(found.added, 1);
+    assert_eq!(keys(app.db.clone()).await.len(), 2);
+    assert!(found.started_at <= Utc::now());
 }
