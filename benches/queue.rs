@@ -21,7 +21,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,26 +35,6 @@ const TRANSACTIONS: i64 = 100_000;
 const LEASE: Duration = Duration::from_secs(300);
 /// The first migration this benchmark measures; the table is filled under the ones before.
 const MIGRATION: i64 = 20261124000001;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Applies the migrations older than [`MIGRATION`] (from a copy of their files).
-async fn migrate_before(db: &PgPool, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().flatten() {
-        let name = entry.file_name().into_string().unwrap();
-        let version: i64 = name.split('_').next().unwrap().parse().unwrap();
-        if version < MIGRATION {
-            std::fs::copy(entry.path(), dir.join(&name)).unwrap();
-        }
-    }
-    sqlx::migrate::Migrator::new(dir).await.unwrap().run(db).await.unwrap();
-}
 
 /// `per_transaction` finished versions for each of the transactions, in chunks.
 async fn fill_finished(db: &PgPool, per_transaction: i64) {
@@ -199,7 +178,7 @@ async fn drain(pool: &PgPool, consumers: usize, batch_ack: bool) -> Drain {
     let secs = started.elapsed().as_secs_f64();
     let mut claims = claims.lock().unwrap().clone();
     claims.sort_by(f64::total_cmp);
-    Drain { per_sec: acked.load(Ordering::Relaxed) as f64 / secs, claim_p99_ms: percentile(&claims, 0.99) }
+    Drain { per_sec: acked.load(Ordering::Relaxed) as f64 / secs, claim_p99_ms: common::percentile(&claims, 0.99) }
 }
 
 /// 100 claims of 100 by one consumer on one connection, each acknowledged in one call, timed
@@ -234,7 +213,12 @@ async fn claim_latency(pool: &PgPool) -> [f64; 4] {
     }
     client.sort_by(f64::total_cmp);
     server.sort_by(f64::total_cmp);
-    [percentile(&client, 0.5), percentile(&client, 0.99), percentile(&server, 0.5), percentile(&server, 0.99)]
+    [
+        common::percentile(&client, 0.5),
+        common::percentile(&client, 0.99),
+        common::percentile(&server, 0.5),
+        common::percentile(&server, 0.99),
+    ]
 }
 
 fn main() {
@@ -252,7 +236,7 @@ fn main() {
         let row = rt.block_on(async {
             embedded_pg::ensure_database(&cluster, "bench").await.unwrap();
             let pool = PgPoolOptions::new().max_connections(6).connect(&cluster.url("bench")).await.unwrap();
-            migrate_before(&pool, &dir.join("old-migrations")).await;
+            common::migrate_before(&pool, &dir.join("old-migrations"), MIGRATION).await;
             let filled = Instant::now();
             fill_finished(&pool, finished / TRANSACTIONS).await;
             sqlx::query("VACUUM ANALYZE singapay.transaction_events").execute(&pool).await.unwrap();

@@ -23,7 +23,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,22 +39,6 @@ use sqlx::PgPool;
 /// The first reconciliation migration; the table is filled under the ones before.
 const MIGRATION: i64 = 20261125000001;
 const ANSWERED: i64 = 2_000;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn migrate_before(db: &PgPool, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().flatten() {
-        let name = entry.file_name().into_string().unwrap();
-        let version: i64 = name.split('_').next().unwrap().parse().unwrap();
-        if version < MIGRATION {
-            std::fs::copy(entry.path(), dir.join(&name)).unwrap();
-        }
-    }
-    sqlx::migrate::Migrator::new(dir).await.unwrap().run(db).await.unwrap();
-}
 
 /// `n` disbursements, one in ten still `pending` (the rest `succeeded`), last changed two
 /// hours ago; each with its own reference.
@@ -107,7 +90,7 @@ fn main() {
     rt.block_on(async {
         embedded_pg::ensure_database(&cluster, "bench").await.unwrap();
         let pool = PgPoolOptions::new().max_connections(20).connect(&cluster.url("bench")).await.unwrap();
-        migrate_before(&pool, &bench.path().join("old-migrations")).await;
+        common::migrate_before(&pool, &bench.path().join("old-migrations"), MIGRATION).await;
         fill(&pool, n).await;
         sqlx::query("VACUUM ANALYZE").execute(&pool).await.unwrap();
         sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
@@ -222,18 +205,18 @@ fn main() {
         );
         println!(
             "| full discovery, every open transaction already checked (at start, then hourly) p50 / max | {:.0} / {:.0} ms |",
-            percentile(&steady, 0.5),
-            percentile(&steady, 1.0)
+            common::percentile(&steady, 0.5),
+            common::percentile(&steady, 1.0)
         );
         println!(
             "| incremental discovery, the same (every other pass) p50 / max | {:.2} / {:.2} ms |",
-            percentile(&incremental, 0.5),
-            percentile(&incremental, 1.0)
+            common::percentile(&incremental, 0.5),
+            common::percentile(&incremental, 1.0)
         );
         println!(
             "| claim 4 of {open} due checks, client p50 / p99 | {:.2} / {:.2} ms |",
-            percentile(&claims, 0.5),
-            percentile(&claims, 0.99)
+            common::percentile(&claims, 0.5),
+            common::percentile(&claims, 0.99)
         );
         for (concurrency, rate) in rates {
             println!("| answers applied, RECONCILE_CONCURRENCY={concurrency} | {rate:.0} /s |");

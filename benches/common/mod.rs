@@ -44,3 +44,27 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap();
     kb / 1024.0
 }
+
+/// The `p` quantile of sorted figures (NaN for none).
+#[allow(dead_code)]
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Applies the migrations older than `version` (from a copy of their files in `dir`): the
+/// schema a deployment had before it, for a benchmark to fill and then migrate, timed.
+#[allow(dead_code)]
+pub async fn migrate_before(db: &sqlx::PgPool, dir: &std::path::Path, version: i64) {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        let v: i64 = name.split('_').next().unwrap().parse().unwrap();
+        if v < version {
+            std::fs::copy(entry.path(), dir.join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(dir).await.unwrap().run(db).await.unwrap();
+}

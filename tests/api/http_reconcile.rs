@@ -59,6 +59,18 @@ async fn events(app: &TestApp, key: &str) -> Vec<(i32, String, Value)> {
     .collect()
 }
 
+/// Makes a transaction's last change `minutes` ago.
+async fn backdate(app: &TestApp, key: &str, minutes: i32) {
+    sqlx::query(
+        "UPDATE singapay.transactions SET updated_at = now() - $2 * interval '1 minute' WHERE transaction_key = $1",
+    )
+    .bind(key)
+    .bind(f64::from(minutes))
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
 fn only<'a>(outcomes: &'a [Outcome], key: &str) -> &'a Outcome {
     let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.transaction_key == key).collect();
     assert_eq!(mine.len(), 1, "{outcomes:?}");
@@ -197,14 +209,7 @@ async fn overdue_disbursements_are_asked_until_final_and_never_more_often_than_t
     }
     // A and B last changed 16 minutes ago (over the 15-minute threshold), C 10 minutes ago.
     for (id, minutes) in [(cases[0].0, 16), (cases[1].0, 16), (cases[2].0, 10)] {
-        sqlx::query(
-            "UPDATE singapay.transactions SET updated_at = now() - $2 * interval '1 minute' WHERE transaction_key = $1",
-        )
-        .bind(format!("disbursement:{id}"))
-        .bind(minutes as f64)
-        .execute(&app.db)
-        .await
-        .unwrap();
+        backdate(&app, &format!("disbursement:{id}"), minutes).await;
     }
     api.script("PAYOUT-A", &["03", "00"]).await;
     api.script("PAYOUT-B", &["03"]).await;
@@ -659,14 +664,7 @@ async fn incremental_discovery_finds_what_became_overdue_since_the_last_one() {
     let app = TestApp::spawn().await;
     for (id, minutes) in [("7700000000000000000000000000601", 120), ("7700000000000000000000000000602", 20)] {
         assert_eq!(app.send(&disbursement(id, &format!("PAYOUT-{id}"), "SP000", Some("03"))).await.status, 200);
-        sqlx::query(
-            "UPDATE singapay.transactions SET updated_at = now() - $2 * interval '1 minute' WHERE transaction_key = $1",
-        )
-        .bind(format!("disbursement:{id}"))
-        .bind(minutes as f64)
-        .execute(&app.db)
-        .await
-        .unwrap();
+        backdate(&app, &format!("disbursement:{id}"), minutes).await;
     }
     let overdue = [("disbursement", 15 * 60)];
     let keys = |db: sqlx::PgPool| async move {
