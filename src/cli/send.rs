@@ -260,13 +260,7 @@ async fn script_sandbox(
     let parsed = json::parse(body.as_bytes()).map_err(|e| anyhow::anyhow!("the built body is not JSON: {e:?}"))?;
     let classified = webhook::classify(&parsed.value);
     let change = classified.single().context("--sandbox needs a callback about one transaction")?;
-    let subject = inquiry::Subject {
-        product: change.product,
-        key_id: change.transaction_key.split_once(':').map_or("", |(_, id)| id),
-        singapay_id: change.singapay_id.as_deref(),
-        merchant_reference: change.merchant_reference.as_deref(),
-    };
-    let id = inquiry::identifier(&subject)
+    let id = inquiry::identifier(&inquiry::Subject::of(change))
         .with_context(|| format!("Singapay has no inquiry for {}", change.product.as_str()))?;
     let line = format!("sandbox: asked about {id} ({}), answers {}", change.transaction_key, answers.join(", "));
     if dry_run {

@@ -348,10 +348,9 @@ impl Reconciler {
             .merchant_reference
             .or_else(|| reported.as_ref().and_then(|r| r.merchant_reference.clone()))
             .or(known.requested_merchant_reference);
-        let key_id = c.transaction_key.split_once(':').map_or("", |(_, id)| id);
         let subject = inquiry::Subject {
             product,
-            key_id,
+            key_id: webhook::key_id(&c.transaction_key),
             singapay_id: singapay_id.as_deref(),
             merchant_reference: merchant_reference.as_deref(),
         };

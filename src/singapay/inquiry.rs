@@ -14,6 +14,7 @@ use sha2::Sha512;
 
 use super::json::{self, Value};
 use super::status::{self, Product};
+use super::webhook::{self, Change};
 
 /// Asia/Jakarta is UTC+7 all year.
 const JAKARTA_OFFSET_SECS: i32 = 7 * 3600;
@@ -111,6 +112,18 @@ pub struct Subject<'a> {
     pub key_id: &'a str,
     pub singapay_id: Option<&'a str>,
     pub merchant_reference: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    /// What a change reports of its transaction.
+    pub fn of(change: &'a Change) -> Subject<'a> {
+        Subject {
+            product: change.product,
+            key_id: webhook::key_id(&change.transaction_key),
+            singapay_id: change.singapay_id.as_deref(),
+            merchant_reference: change.merchant_reference.as_deref(),
+        }
+    }
 }
 
 /// Products Singapay has a per-transaction inquiry for. Settlements and subscription bills

@@ -273,6 +273,11 @@ fn key(product: Product, id: &str) -> String {
     format!("{}:{}", product.as_str(), id)
 }
 
+/// The id a transaction key is made of (`disbursement:{this}`); empty when it has none.
+pub fn key_id(transaction_key: &str) -> &str {
+    transaction_key.split_once(':').map_or("", |(_, id)| id)
+}
+
 fn change(product: Product, id: String) -> Change {
     Change {
         transaction_key: key(product, &id),
