@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use secrecy::SecretString;
 use singapay_webhooks::embedded_pg;
-use singapay_webhooks::reconcile::{ApiSettings, ReconcileSettings, Reconciler};
+use singapay_webhooks::reconcile::{ApiCredential, ApiSettings, ReconcileSettings, Reconciler};
 use singapay_webhooks::store::inquiries::{self, Next};
 use singapay_webhooks::store::MIGRATOR;
 use singapay_webhooks::tools::sandbox::{self, Sandbox, SandboxConfig};
@@ -64,20 +64,24 @@ async fn fill(db: &PgPool, n: i64) {
 
 fn settings(url: &str, concurrency: usize) -> ReconcileSettings {
     ReconcileSettings {
-        api: ApiSettings {
-            base_url: url.to_owned(),
-            client_id: "bench-client".into(),
-            client_secret: SecretString::from("bench-secret".to_owned()),
-            partner_id: "bench-partner".into(),
-            timeout: Duration::from_secs(10),
-        },
-        account_id: "BENCHACCOUNT".into(),
+        credentials: vec![ApiCredential {
+            label: "default".into(),
+            api: ApiSettings {
+                base_url: url.to_owned(),
+                client_id: "bench-client".into(),
+                client_secret: SecretString::from("bench-secret".to_owned()),
+                partner_id: "bench-partner".into(),
+                timeout: Duration::from_secs(10),
+            },
+            accounts: vec!["BENCHACCOUNT".into()],
+        }],
         money_out_overdue: Duration::from_secs(900),
         money_in_overdue: Duration::from_secs(86_400),
         concurrency,
         backoff: Duration::from_secs(3600),
         backoff_max: Duration::from_secs(3600),
         not_found_attempts: 5,
+        unreadable_attempts: 10,
         interval: Duration::from_secs(3600),
     }
 }
@@ -155,6 +159,7 @@ fn main() {
             client_secret: "bench-secret".into(),
             partner_id: "bench-partner".into(),
             token_ttl_secs: 3600,
+            accounts: Vec::new(),
             clock: Arc::new(Utc::now),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

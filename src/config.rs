@@ -81,6 +81,7 @@ pub const VARIABLES: &[&str] = &[
     "RECONCILE_BACKOFF_SECS",
     "RECONCILE_BACKOFF_MAX_SECS",
     "RECONCILE_NOT_FOUND_ATTEMPTS",
+    "RECONCILE_UNREADABLE_ATTEMPTS",
     "RECONCILE_INTERVAL_SECS",
 ];
 
@@ -374,6 +375,7 @@ impl Env<'_> {
             return Err(bad("RECONCILE_BACKOFF_MAX_SECS", "must be at least RECONCILE_BACKOFF_SECS"));
         }
         let not_found_attempts = self.ranged("RECONCILE_NOT_FOUND_ATTEMPTS", 5, 1, 1000)? as u32;
+        let unreadable_attempts = self.ranged("RECONCILE_UNREADABLE_ATTEMPTS", 10, 1, 1000)? as u32;
         let interval = Duration::from_secs(self.ranged("RECONCILE_INTERVAL_SECS", 30, 1, 3600)?);
 
         let api_url = self.raw("SINGAPAY_API_URL");
@@ -412,28 +414,143 @@ impl Env<'_> {
                 ))
             }
         }
-        let account_id = account_id.unwrap_or_default().trim().to_owned();
-        if !account_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) || account_id.len() > 128 {
-            return Err(bad("SINGAPAY_ACCOUNT_ID", "must be letters, digits, '-', '_' or '.' (the sub-account id)"));
-        }
+        let credentials = api_credentials(
+            &base_url,
+            timeout,
+            &client_id.unwrap_or_default(),
+            &client_secret.unwrap_or_default(),
+            &partner_id.unwrap_or_default(),
+            &account_id.unwrap_or_default(),
+        )?;
         Ok(Some(crate::reconcile::ReconcileSettings {
-            api: crate::reconcile::ApiSettings {
-                base_url,
-                client_id: client_id.unwrap_or_default().trim().to_owned(),
-                client_secret: SecretString::from(client_secret.unwrap_or_default()),
-                partner_id: partner_id.unwrap_or_default().trim().to_owned(),
-                timeout,
-            },
-            account_id,
+            credentials,
             money_out_overdue,
             money_in_overdue,
             concurrency,
             backoff,
             backoff_max,
             not_found_attempts,
+            unreadable_attempts,
             interval,
         }))
     }
+}
+
+/// The Singapay API credentials, in the style of `SINGAPAY_WEBHOOK_SECRETS`: one bare value
+/// per variable is the single credential (labelled `default`); several are `label=value`
+/// entries (comma- or newline-separated) with the labels of `SINGAPAY_CLIENT_ID`.
+/// `SINGAPAY_CLIENT_SECRET` then holds `label=secret` entries, `SINGAPAY_PARTNER_ID` a bare
+/// value for every credential or `label=partner` entries, and `SINGAPAY_ACCOUNT_ID` the
+/// accounts each owns (`label=ACCOUNT`, repeatable; bare entries belong to `default`, or
+/// to the only credential). A label matches the webhook secret that verifies the same
+/// merchant's callbacks. Errors name labels and positions, never a secret.
+fn api_credentials(
+    base_url: &str,
+    timeout: std::time::Duration,
+    client_ids: &str,
+    client_secrets: &str,
+    partner_ids: &str,
+    account_ids: &str,
+) -> Result<Vec<crate::reconcile::ApiCredential>, ConfigError> {
+    const IDS: &str = "SINGAPAY_CLIENT_ID";
+    const SECRETS: &str = "SINGAPAY_CLIENT_SECRET";
+    const PARTNERS: &str = "SINGAPAY_PARTNER_ID";
+    const ACCOUNTS: &str = "SINGAPAY_ACCOUNT_ID";
+    let entries = |v: &str| -> Vec<String> {
+        v.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect()
+    };
+    // `label=value` when the part before the first '=' is a label, else a bare value.
+    let labelled = |e: &str| -> (Option<String>, String) {
+        match e.split_once('=') {
+            Some((l, v)) if is_label(l.trim()) && !v.trim().is_empty() => {
+                (Some(l.trim().to_owned()), v.trim().to_owned())
+            }
+            _ => (None, e.to_owned()),
+        }
+    };
+    let ids: Vec<(Option<String>, String)> = entries(client_ids).iter().map(|e| labelled(e)).collect();
+    let single = matches!(ids.as_slice(), [(None, _)]);
+    if !single && ids.iter().any(|(l, _)| l.is_none()) {
+        return Err(bad(IDS, "give one bare client id, or label=client_id entries for several credentials"));
+    }
+    let mut creds: Vec<(String, String)> = Vec::new();
+    for (label, id) in ids {
+        let label = label.unwrap_or_else(|| "default".to_owned());
+        if creds.iter().any(|(l, _)| *l == label) {
+            return Err(bad(IDS, format!("label {label:?} appears twice")));
+        }
+        creds.push((label, id));
+    }
+    let secret_of = |label: &str| -> Result<String, ConfigError> {
+        if single {
+            return Ok(client_secrets.trim().to_owned());
+        }
+        let found: Vec<String> = entries(client_secrets)
+            .iter()
+            .filter_map(|e| e.split_once('=').filter(|(l, _)| l.trim() == label).map(|(_, s)| s.trim().to_owned()))
+            .collect();
+        match found.as_slice() {
+            [s] if !s.is_empty() => Ok(s.clone()),
+            [] | [_] => {
+                Err(bad(SECRETS, format!("has no label={{secret}} entry for the credential labelled {label:?}")))
+            }
+            _ => Err(bad(SECRETS, format!("has {} entries for the credential labelled {label:?}", found.len()))),
+        }
+    };
+    let partners: Vec<(Option<String>, String)> = entries(partner_ids).iter().map(|e| labelled(e)).collect();
+    let partner_of = |label: &str| -> Result<String, ConfigError> {
+        partners
+            .iter()
+            .find(|(l, _)| l.as_deref() == Some(label))
+            .or_else(|| partners.iter().find(|(l, _)| l.is_none()))
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| bad(PARTNERS, format!("has no partner id for the credential labelled {label:?}")))
+    };
+    let accounts: Vec<(Option<String>, String)> = entries(account_ids).iter().map(|e| labelled(e)).collect();
+    for (n, (label, account)) in accounts.iter().enumerate() {
+        if !account.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) || account.len() > 128 {
+            return Err(bad(ACCOUNTS, format!("entry {} must be letters, digits, '-', '_' or '.' (a sub-account id), with an optional label= before it", n + 1)));
+        }
+        if let Some(l) = label.as_deref().filter(|l| !creds.iter().any(|(c, _)| c == l)) {
+            return Err(bad(
+                ACCOUNTS,
+                format!("entry {} names the label {l:?}, which SINGAPAY_CLIENT_ID does not have", n + 1),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (label, client_id) in &creds {
+        let owned: Vec<String> = accounts
+            .iter()
+            .filter(|(l, _)| match l {
+                Some(l) => l == label,
+                None => creds.len() == 1 || label == "default",
+            })
+            .map(|(_, a)| a.clone())
+            .collect();
+        if owned.is_empty() {
+            return Err(bad(
+                ACCOUNTS,
+                format!("names no account for the credential labelled {label:?} ({label}=ACCOUNT_ID)"),
+            ));
+        }
+        let secret = secret_of(label)?;
+        if secret.is_empty() {
+            return Err(bad(SECRETS, format!("the credential labelled {label:?} has an empty secret")));
+        }
+        out.push(crate::reconcile::ApiCredential {
+            label: label.clone(),
+            api: crate::reconcile::ApiSettings {
+                base_url: base_url.to_owned(),
+                client_id: client_id.clone(),
+                client_secret: SecretString::from(secret),
+                partner_id: partner_of(label)?,
+                timeout,
+            },
+            accounts: owned,
+        });
+    }
+    Ok(out)
 }
 
 /// The log filter from `RUST_LOG` (default `info,sqlx=warn`); a malformed one is a
@@ -649,8 +766,10 @@ mod tests {
     fn reconciliation_is_on_with_every_credential_and_off_with_none() {
         assert!(reconcile(&[]).unwrap().is_none());
         let r = reconcile(&API).unwrap().expect("on");
-        assert_eq!(r.api.base_url, "https://sandbox-payment-b2b.singapay.id");
-        assert_eq!((r.account_id.as_str(), r.api.partner_id.as_str()), ("01JACCOUNT", "partner-1"));
+        let c = &r.credentials[0];
+        assert_eq!(r.credentials.len(), 1);
+        assert_eq!((c.label.as_str(), c.api.base_url.as_str()), ("default", "https://sandbox-payment-b2b.singapay.id"));
+        assert_eq!((c.accounts.as_slice(), c.api.partner_id.as_str()), (&["01JACCOUNT".to_owned()][..], "partner-1"));
         assert_eq!((r.money_out_overdue.as_secs(), r.money_in_overdue.as_secs()), (900, 86_400));
         assert_eq!((r.backoff.as_secs(), r.backoff_max.as_secs(), r.concurrency), (60, 3600, 4));
         assert!(!format!("{r:?}").contains("secret-1"), "the secret is never printed");
@@ -672,6 +791,45 @@ mod tests {
         vars.push(("RECONCILE_BACKOFF_SECS", "600"));
         vars.push(("RECONCILE_BACKOFF_MAX_SECS", "60"));
         assert_eq!(reconcile(&vars).unwrap_err().var, "RECONCILE_BACKOFF_MAX_SECS");
+    }
+
+    #[test]
+    fn several_credentials_each_own_their_accounts() {
+        let vars = [
+            ("SINGAPAY_API_URL", "https://payment-b2b.singapay.id"),
+            ("SINGAPAY_CLIENT_ID", "default=client-1, shop2=client-2"),
+            ("SINGAPAY_CLIENT_SECRET", "default=secret-1=,shop2=secret-2"),
+            ("SINGAPAY_PARTNER_ID", "partner-1, shop2=partner-2"),
+            ("SINGAPAY_ACCOUNT_ID", "ACC-1, default=ACC-3, shop2=ACC-2"),
+        ];
+        let r = reconcile(&vars).unwrap().unwrap();
+        let c: Vec<(&str, &str, &str, Vec<String>)> = r
+            .credentials
+            .iter()
+            .map(|c| (c.label.as_str(), c.api.client_id.as_str(), c.api.partner_id.as_str(), c.accounts.clone()))
+            .collect();
+        assert_eq!(
+            c,
+            [
+                ("default", "client-1", "partner-1", vec!["ACC-1".to_owned(), "ACC-3".to_owned()]),
+                ("shop2", "client-2", "partner-2", vec!["ACC-2".to_owned()])
+            ]
+        );
+        assert_eq!(r.credentials[0].api.client_secret.expose_secret(), "secret-1=");
+        assert_eq!(r.candidates(Some("shop2")), [(1, "ACC-2".to_owned())]);
+        assert_eq!(r.candidates(Some("other")).len(), 3, "an unknown owner: every account is tried");
+        // A credential without its secret or account is named by label, never by content.
+        let mut v = vars.to_vec();
+        v[2].1 = "default=secret-1";
+        let e = reconcile(&v).unwrap_err();
+        assert_eq!(e.var, "SINGAPAY_CLIENT_SECRET");
+        assert!(e.why.contains("shop2") && !e.why.contains("secret-1"), "{e}");
+        let mut v = vars.to_vec();
+        v[4].1 = "ACC-1";
+        assert!(reconcile(&v).unwrap_err().why.contains("shop2"));
+        let mut v = vars.to_vec();
+        v[4].1 = "ACC-1, nobody=ACC-9";
+        assert_eq!(reconcile(&v).unwrap_err().var, "SINGAPAY_ACCOUNT_ID");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub mod metric {
     pub const INQUIRY_DURATION: &str = "singapay_inquiry_duration_seconds";
     pub const RECONCILE_CHECKS: &str = "singapay_reconcile_checks";
     pub const RECONCILE_HALTED: &str = "singapay_reconcile_halted";
+    pub const RECONCILE_PAUSED: &str = "singapay_reconcile_paused";
+    pub const RECONCILE_FLAGGED: &str = "singapay_reconcile_flagged_total";
     pub const RECONCILE_GAVE_UP: &str = "singapay_reconcile_gave_up_total";
 }
 
@@ -166,7 +168,15 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
             );
             describe_gauge!(
                 metric::RECONCILE_HALTED,
-                "1 while inquiries are stopped because Singapay refused this receiver's credentials or IP address."
+                "1 while some credential or account is paused because Singapay refused it (credentials, IP address, account ownership)."
+            );
+            describe_gauge!(
+                metric::RECONCILE_PAUSED,
+                "1 while this credential (account \"\") or this account of it is paused because Singapay refused it."
+            );
+            describe_counter!(
+                metric::RECONCILE_FLAGGED,
+                "Checks flagged for a person after repeated answers that could not be applied, by product."
             );
             describe_counter!(metric::RECONCILE_GAVE_UP, "Checks given up after repeated not-found answers, by product.");
             handle

@@ -5,6 +5,7 @@ use clap::Args;
 
 use crate::config::{Env, EnvFile};
 use crate::reconcile::{self, Outcome, Reconciler};
+use crate::singapay::inquiry::Lookup;
 use crate::store::inquiries::{self, Next};
 use crate::{store, telemetry};
 
@@ -63,14 +64,29 @@ async fn dry_run(reconciler: &Arc<Reconciler>, key: Option<&str>, (singapay_id, 
     let mut lines = Vec::new();
     for check in &due {
         let line = match reconciler.plan(&mut tx, check).await? {
-            Ok(plan) => format!(
-                "would ask  {}  ({})  {} {}{}",
-                check.transaction_key,
-                check.reason.as_str(),
-                plan.request.method.as_str(),
-                plan.request.path,
-                plan.request.body.as_ref().map(|b| format!(" {b}")).unwrap_or_default()
-            ),
+            Ok(plan) => plan
+                .lookups
+                .iter()
+                .map(|(i, account, lookup)| {
+                    let request = lookup.first_request();
+                    let how = match lookup {
+                        Lookup::Read { .. } => String::new(),
+                        Lookup::Search { reff_no, .. } => {
+                            format!("  (then the row whose reff_no is exactly {reff_no:?}, read by its id)")
+                        }
+                    };
+                    format!(
+                        "would ask  {}  ({})  as {} on {account}: {} {}{}{how}",
+                        check.transaction_key,
+                        check.reason.as_str(),
+                        reconciler.label(*i),
+                        request.method.as_str(),
+                        request.path,
+                        request.body.as_ref().map(|b| format!(" {b}")).unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n     or "),
             Err((next, why)) => format!(
                 "would not ask  {}  ({})  {why}: {}",
                 check.transaction_key,
@@ -94,6 +110,9 @@ async fn pass(reconciler: &Arc<Reconciler>, key: Option<&str>, (singapay_id, ref
         inquiries::request_check(&mut conn, key, singapay_id, reference).await?;
     }
     let report = reconciler.pass(key).await.context("reconciling")?;
+    for (scope, cause) in &report.paused {
+        super::say(format!("paused  {scope}: {cause}"));
+    }
     if let Some(cause) = &report.halted {
         bail!("Singapay refused this receiver: {cause}");
     }
@@ -111,10 +130,15 @@ async fn pass(reconciler: &Arc<Reconciler>, key: Option<&str>, (singapay_id, ref
 
 fn line(o: &Outcome) -> String {
     format!(
-        "{}  ({})  answer={}{}{}  next: {}",
+        "{}  ({})  answer={}{}{}{}{}  next: {}",
         o.transaction_key,
         o.reason.as_str(),
         o.answer,
+        match (&o.credential, &o.account_id) {
+            (Some(c), Some(a)) => format!(" from={c}/{a}"),
+            _ => String::new(),
+        },
+        o.identified_by.as_deref().map(|r| format!(" record={r}")).unwrap_or_default(),
         o.status.as_deref().map(|s| format!(" status={s}")).unwrap_or_default(),
         o.transition.as_deref().map(|t| format!(" transition={t}")).unwrap_or_default(),
         describe(&o.next)
@@ -126,6 +150,8 @@ fn describe(next: &Next) -> String {
         Next::Done => "done".into(),
         Next::Again { after_secs } => format!("ask again in {after_secs} s"),
         Next::GiveUp(why) => format!("gave up ({why})"),
+        Next::Flag(why) => format!("flagged for a person ({why}); see singapay.reconcile_attention"),
+        Next::Keep => "kept".into(),
         Next::Release { after_secs, .. } => format!("not asked; again in {after_secs} s"),
     }
 }

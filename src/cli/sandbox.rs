@@ -26,6 +26,10 @@ pub struct SandboxArgs {
     /// How long the tokens it issues live, in seconds (Singapay's: 216000).
     #[arg(long, default_value_t = 216_000)]
     pub token_ttl_secs: u64,
+    /// A sub-account this credential owns (repeatable). Without any, it owns every account
+    /// no credential added later (POST /_sandbox/credentials) owns.
+    #[arg(long = "account", value_name = "ID")]
+    pub accounts: Vec<String>,
 }
 
 pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
@@ -39,9 +43,11 @@ pub async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
         partner_id: args.partner_id.clone(),
         token_ttl_secs: args.token_ttl_secs,
         clock: Arc::new(chrono::Utc::now),
+        accounts: args.accounts.clone(),
     });
+    let owns = if args.accounts.is_empty() { "every account".to_owned() } else { args.accounts.join(", ") };
     say(format!(
-        "Singapay API sandbox on http://{address} (client id {}, partner id {}); \
+        "Singapay API sandbox on http://{address} (client id {}, partner id {}, owning {owns}); \
          script answers with POST http://{address}/_sandbox/transactions",
         args.client_id, args.partner_id
     ));

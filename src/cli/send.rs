@@ -256,6 +256,7 @@ async fn script_sandbox(
     answers: &[String],
     dry_run: bool,
 ) -> Result<()> {
+    use crate::singapay::status::Product;
     use crate::singapay::{inquiry, json, webhook};
     let parsed = json::parse(body.as_bytes()).map_err(|e| anyhow::anyhow!("the built body is not JSON: {e:?}"))?;
     let classified = webhook::classify(&parsed.value);
@@ -267,13 +268,13 @@ async fn script_sandbox(
         super::say(format!("would tell the {line}"));
         return Ok(());
     }
+    // Singapay's record names the merchant's reff_no too: the reconciler checks it.
+    let mut script = serde_json::json!({ "id": id, "product": change.product.as_str(), "answers": answers });
+    if matches!(change.product, Product::Qris | Product::PaymentLink | Product::Ewallet) {
+        script["reff_no"] = webhook::key_id(&change.transaction_key).into();
+    }
     let url = format!("{}/_sandbox/transactions", sandbox.trim_end_matches('/'));
-    let resp = client
-        .post(&url)
-        .json(&serde_json::json!({ "id": id, "answers": answers }))
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    let resp = client.post(&url).json(&script).send().await.with_context(|| format!("POST {url}"))?;
     if !resp.status().is_success() {
         bail!("the sandbox refused the script: {} {}", resp.status(), resp.text().await.unwrap_or_default());
     }

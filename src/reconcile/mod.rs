@@ -9,13 +9,14 @@
 
 pub mod client;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 use sqlx::PgConnection;
 
-use crate::singapay::inquiry::{self, Answer};
+use crate::singapay::inquiry::{self, Answer, Lookup, Reading, Refused};
 use crate::singapay::json;
 use crate::singapay::status::{self, Product};
 use crate::singapay::webhook::{self, Change};
@@ -24,12 +25,23 @@ use crate::store::{StoreError, Write, Written};
 use crate::telemetry::metric;
 pub use client::{ApiClient, ApiSettings, AskError, Clock, Exchange};
 
+/// One Singapay API credential and the sub-accounts it owns (an account owned by a
+/// "Specific" credential must be asked with that credential).
+#[derive(Debug, Clone)]
+pub struct ApiCredential {
+    /// Its label: a transaction whose callback was verified with the webhook secret of the
+    /// same label is asked with this credential.
+    pub label: String,
+    pub api: ApiSettings,
+    /// The sub-accounts (`{account_id}` in the paths) it asks about, at least one.
+    pub accounts: Vec<String>,
+}
+
 /// Everything reconciliation needs besides the database.
 #[derive(Debug, Clone)]
 pub struct ReconcileSettings {
-    pub api: ApiSettings,
-    /// The sub-account whose transactions are asked about (`SINGAPAY_ACCOUNT_ID`).
-    pub account_id: String,
+    /// At least one; labels are distinct.
+    pub credentials: Vec<ApiCredential>,
     /// A money-out transaction (disbursement, e-wallet top-up, QRIS payment) without a final
     /// status for this long is asked about.
     pub money_out_overdue: Duration,
@@ -43,6 +55,9 @@ pub struct ReconcileSettings {
     pub backoff_max: Duration,
     /// "Not found" answers (`SP009`) before a check is given up.
     pub not_found_attempts: u32,
+    /// Answers that cannot be applied (unreadable, about another record, ambiguous) before a
+    /// check is flagged for a person (`state = 'flagged'`, `singapay.reconcile_attention`).
+    pub unreadable_attempts: u32,
     /// How often to look for due checks.
     pub interval: Duration,
 }
@@ -59,7 +74,31 @@ impl ReconcileSettings {
     /// A check's lease: longer than the longest exchange (token, question, new token,
     /// question again, each up to the timeout), so no other replica asks meanwhile.
     pub fn lease_secs(&self) -> u64 {
-        self.api.timeout.as_secs().max(1) * 5 + 10
+        self.timeout().as_secs().max(1) * 5 + 10
+    }
+
+    /// The longest a check's questions may take together (a search pages through a list,
+    /// several accounts may be tried): shorter than the lease, so no other replica asks
+    /// meanwhile.
+    pub fn check_deadline(&self) -> Duration {
+        Duration::from_secs(self.lease_secs().saturating_sub(5).max(1))
+    }
+
+    fn timeout(&self) -> Duration {
+        self.credentials.iter().map(|c| c.api.timeout).max().unwrap_or(Duration::from_secs(15))
+    }
+
+    /// `(credential index, account)` in the order they are tried for a transaction whose
+    /// callback was verified by `credential` (its accounts only, when it is configured),
+    /// else every configured account.
+    pub fn candidates(&self, credential: Option<&str>) -> Vec<(usize, String)> {
+        let owner = credential.and_then(|l| self.credentials.iter().position(|c| c.label == l));
+        self.credentials
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| owner.is_none_or(|o| o == *i))
+            .flat_map(|(i, c)| c.accounts.iter().map(move |a| (i, a.clone())))
+            .collect()
     }
 
     /// Every product that can be asked about, with its overdue threshold.
@@ -73,6 +112,18 @@ impl ReconcileSettings {
             })
             .collect()
     }
+}
+
+/// What `ask_each` asked: the exchanges `(credential, account, exchange)`, why some could not
+/// be asked, and how many were skipped as paused.
+type Asked = (Vec<(usize, String, Exchange)>, Vec<String>, usize);
+
+fn not_asked_where(errors: &[String], skipped: usize) -> String {
+    let mut why = errors.to_vec();
+    if skipped > 0 {
+        why.push(format!("{skipped} paused"));
+    }
+    why.join("; ")
 }
 
 /// This machine's name, for the leases its replica takes.
@@ -100,11 +151,12 @@ pub fn start(
     Ok(Some(tokio::spawn(reconciler.run())))
 }
 
-/// The question to ask about a check.
+/// The questions to ask about a check: one lookup per `(credential, account)` that may own
+/// it, tried in order until one answers with the record's status.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub product: Product,
-    pub request: inquiry::InquiryRequest,
+    pub lookups: Vec<(usize, String, Lookup)>,
     pub singapay_id: Option<String>,
     pub merchant_reference: Option<String>,
 }
@@ -121,6 +173,11 @@ pub struct Outcome {
     pub transition: Option<String>,
     pub next: Next,
     pub inquiry_id: Option<i64>,
+    /// The credential and account of the deciding answer.
+    pub credential: Option<String>,
+    pub account_id: Option<String>,
+    /// Which record the status came from (`reference_number=REF-1`).
+    pub identified_by: Option<String>,
 }
 
 /// One pass: checks found, and what became of each one asked about.
@@ -128,9 +185,11 @@ pub struct Outcome {
 pub struct PassReport {
     pub discovered: u64,
     pub outcomes: Vec<Outcome>,
-    /// Set when Singapay refused this machine or its credentials: nothing more is asked
-    /// until the pause is over.
+    /// Set when Singapay refused every configured credential or account: nothing more is
+    /// asked until a pause is over.
     pub halted: Option<String>,
+    /// What is paused (`credential` or `credential/account`) and why, at the pass's end.
+    pub paused: Vec<(String, String)>,
     /// The pass stopped at its time limit with checks still due: the next one starts at once.
     pub more: bool,
 }
@@ -156,19 +215,33 @@ struct Halt {
 
 pub struct Reconciler {
     pool: sqlx::PgPool,
-    client: ApiClient,
+    /// One per credential, in `settings.credentials`' order.
+    clients: Vec<ApiClient>,
     settings: ReconcileSettings,
     /// Who holds the leases this replica takes (host, process, a random tag).
     who: String,
-    halt: Mutex<Option<Halt>>,
+    /// Paused scopes: a credential's label, or `label/account`.
+    halts: Mutex<HashMap<String, Halt>>,
     discovered: Mutex<Option<Discovered>>,
 }
 
 impl Reconciler {
     pub fn new(pool: sqlx::PgPool, settings: ReconcileSettings, clock: Clock, who: &str) -> anyhow::Result<Arc<Self>> {
-        let client = ApiClient::new(settings.api.clone(), clock)?;
+        anyhow::ensure!(!settings.credentials.is_empty(), "reconciliation needs at least one API credential");
+        let clients = settings
+            .credentials
+            .iter()
+            .map(|c| ApiClient::new(c.api.clone(), clock.clone()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let who = format!("{who}:{}:{:08x}", std::process::id(), rand::random::<u32>());
-        Ok(Arc::new(Reconciler { pool, client, settings, who, halt: Mutex::new(None), discovered: Mutex::new(None) }))
+        Ok(Arc::new(Reconciler {
+            pool,
+            clients,
+            settings,
+            who,
+            halts: Mutex::new(HashMap::new()),
+            discovered: Mutex::new(None),
+        }))
     }
 
     pub fn settings(&self) -> &ReconcileSettings {
@@ -181,9 +254,14 @@ impl Reconciler {
 
     /// Runs until the task is dropped: a pass every `interval`.
     pub async fn run(self: Arc<Self>) {
+        let accounts: Vec<String> = self
+            .settings
+            .credentials
+            .iter()
+            .map(|c| format!("{} ({}): {}", c.label, c.api.base_url, c.accounts.join(", ")))
+            .collect();
         tracing::info!(
-            api = %self.settings.api.base_url,
-            account_id = %self.settings.account_id,
+            credentials = %accounts.join("; "),
             replica = %self.who,
             "reconciliation on: asking Singapay about ambiguous, overdue and requested transactions"
         );
@@ -219,6 +297,7 @@ impl Reconciler {
         let mut report = PassReport::default();
         if let Some(cause) = self.halted() {
             report.halted = Some(cause);
+            report.paused = self.paused();
             return Ok(report);
         }
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
@@ -262,6 +341,7 @@ impl Reconciler {
                 break;
             }
         }
+        report.paused = self.paused();
         Ok(report)
     }
 
@@ -279,36 +359,73 @@ impl Reconciler {
         Ok(found.added)
     }
 
-    /// The cause while inquiries are stopped. After the pause the next question tries
-    /// again; the cause is kept until an answer comes, so that the same refusal is not
-    /// logged twice.
+    /// The cause when every credential and account is paused (nothing can be asked).
     fn halted(&self) -> Option<String> {
-        let halt = self.halt.lock().unwrap_or_else(|e| e.into_inner());
-        halt.as_ref().filter(|h| Instant::now() < h.until).map(|h| h.cause.clone())
+        let halts = self.halts.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let live = |scope: &str| halts.get(scope).filter(|h| now < h.until);
+        let mut causes = Vec::new();
+        for (i, account) in self.settings.candidates(None) {
+            let label = &self.settings.credentials[i].label;
+            match live(label).or_else(|| live(&format!("{label}/{account}"))) {
+                Some(h) => causes.push(h.cause.clone()),
+                None => return None,
+            }
+        }
+        causes.dedup();
+        Some(causes.join("; "))
     }
 
-    /// Stops asking for `backoff_max`: one log line naming the cause and the fix (again only
-    /// if the cause changes), and the `singapay_reconcile_halted` gauge.
-    fn stop(&self, cause: String, fix: &str) {
-        let mut halt = self.halt.lock().unwrap_or_else(|e| e.into_inner());
-        let repeated = halt.as_ref().is_some_and(|h| h.cause == cause);
+    /// Paused scopes and their causes, now.
+    pub fn paused(&self) -> Vec<(String, String)> {
+        let halts = self.halts.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut out: Vec<(String, String)> =
+            halts.iter().filter(|(_, h)| now < h.until).map(|(s, h)| (s.clone(), h.cause.clone())).collect();
+        out.sort();
+        out
+    }
+
+    fn is_paused(&self, label: &str, account: &str) -> bool {
+        let halts = self.halts.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        [label.to_owned(), format!("{label}/{account}")].iter().any(|s| halts.get(s).is_some_and(|h| now < h.until))
+    }
+
+    /// Stops asking with `scope` (a credential's label, or `label/account`) for
+    /// `backoff_max`: one log line naming the cause and the fix (again only if the cause
+    /// changes), and the gauges. The other credentials and accounts go on.
+    fn stop(&self, scope: &str, cause: String, fix: &str) {
+        let mut halts = self.halts.lock().unwrap_or_else(|e| e.into_inner());
+        let repeated = halts.get(scope).is_some_and(|h| h.cause == cause);
         if !repeated {
             tracing::error!(
+                scope,
                 cause = %cause,
                 fix,
                 pause_secs = self.settings.backoff_max.as_secs(),
-                "reconciliation stopped: Singapay refused this receiver ({cause}); {fix}"
+                "reconciliation paused for {scope}: Singapay refused it ({cause}); {fix}"
             );
         }
+        let (credential, account) = scope.split_once('/').unwrap_or((scope, ""));
+        gauge!(metric::RECONCILE_PAUSED, "credential" => credential.to_owned(), "account" => account.to_owned())
+            .set(1.0);
         gauge!(metric::RECONCILE_HALTED).set(1.0);
-        *halt = Some(Halt { cause, until: Instant::now() + self.settings.backoff_max });
+        halts.insert(scope.to_owned(), Halt { cause, until: Instant::now() + self.settings.backoff_max });
     }
 
-    /// A question was answered: inquiries are no longer stopped.
-    fn resume(&self) {
-        let mut halt = self.halt.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = halt.take() {
-            tracing::info!(previous_cause = %h.cause, "reconciliation resumed: Singapay answers again");
+    /// An answer came with `label` on `account`: neither is paused any more.
+    fn resume(&self, label: &str, account: &str) {
+        let mut halts = self.halts.lock().unwrap_or_else(|e| e.into_inner());
+        for scope in [label.to_owned(), format!("{label}/{account}")] {
+            if let Some(h) = halts.remove(&scope) {
+                tracing::info!(scope = %scope, previous_cause = %h.cause, "reconciliation resumed: Singapay answers again");
+                let (credential, account) = scope.split_once('/').unwrap_or((&scope, ""));
+                gauge!(metric::RECONCILE_PAUSED, "credential" => credential.to_owned(), "account" => account.to_owned())
+                    .set(0.0);
+            }
+        }
+        if halts.is_empty() {
             gauge!(metric::RECONCILE_HALTED).set(0.0);
         }
     }
@@ -354,11 +471,22 @@ impl Reconciler {
             singapay_id: singapay_id.as_deref(),
             merchant_reference: merchant_reference.as_deref(),
         };
-        let Some(request) = inquiry::request(&subject, &self.settings.account_id) else {
+        let lookups: Vec<(usize, String, Lookup)> = self
+            .settings
+            .candidates(known.credential.as_deref())
+            .into_iter()
+            .filter_map(|(i, account)| inquiry::lookup(&subject, &account).map(|l| (i, account, l)))
+            .collect();
+        if lookups.is_empty() {
             let why = "the identifier its inquiry needs (reference_number or id) is not known".to_owned();
             return Ok(Err((Next::GiveUp(why.clone()), why)));
-        };
-        Ok(Ok(Plan { product, request, singapay_id, merchant_reference }))
+        }
+        Ok(Ok(Plan { product, lookups, singapay_id, merchant_reference }))
+    }
+
+    /// The label of credential `i`.
+    pub fn label(&self, i: usize) -> &str {
+        &self.settings.credentials[i].label
     }
 
     /// Asks about one check and writes what came of it.
@@ -371,118 +499,176 @@ impl Reconciler {
             transition: None,
             next,
             inquiry_id: None,
+            credential: None,
+            account_id: None,
+            identified_by: None,
         };
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         let planned = self.plan(&mut conn, &c).await?;
         drop(conn);
-        let Plan { product, request, singapay_id, merchant_reference } = match planned {
+        let Plan { product, lookups, singapay_id, merchant_reference } = match planned {
             Ok(plan) => plan,
             Err((next, why)) => return self.settle(&c, not_asked(next, &why)).await,
         };
-        let exchange = match self.client.ask(product, &request).await {
-            Ok(exchange) => exchange,
-            Err(e) => {
-                let error = e.to_string();
-                match e {
-                    AskError::Credentials(_) => self.stop(
-                        error.clone(),
-                        "check SINGAPAY_CLIENT_ID, SINGAPAY_CLIENT_SECRET and SINGAPAY_PARTNER_ID against the dashboard, and this machine's clock",
-                    ),
-                    AskError::Forbidden(_) => self.stop(
-                        error.clone(),
-                        "ask Singapay to whitelist this machine's public IP address for the API",
-                    ),
-                    AskError::TokenUnavailable(_) => {
-                        tracing::warn!(error = %error, "no access token from Singapay; asking again later")
-                    }
-                }
-                counter!(metric::INQUIRIES, "product" => product.as_str(), "answer" => "no_token").increment(1);
-                let next = Next::Release { after_secs: self.settings.backoff_after(c.asked), error: error.clone() };
-                return self.settle(&c, not_asked(next, &error)).await;
-            }
-        };
-        histogram!(metric::INQUIRY_DURATION).record(exchange.elapsed.as_secs_f64());
         let backoff = self.settings.backoff_after(c.asked);
-        let (answer, detail, next, change, response_code) = match &exchange.answer {
-            Answer::Status { status: s, status_code, response_code } => {
-                let next =
-                    if status::rank(product, s) == Some(4) { Next::Done } else { Next::Again { after_secs: backoff } };
-                let change = Change {
-                    transaction_key: c.transaction_key.clone(),
-                    product,
-                    singapay_id: singapay_id.clone(),
-                    merchant_reference: merchant_reference.clone(),
-                    status: Some(s.clone()),
-                    transaction_status_code: status_code.clone(),
-                    amount: None,
-                    currency: None,
-                    occurred_at: None,
-                };
-                ("status", None, next, Some(change), response_code.clone())
-            }
-            Answer::NotFound { response_code } => {
-                let seen = c.not_found + 1;
-                let next = if seen as u32 >= self.settings.not_found_attempts {
-                    let why = format!("Singapay answered not found {seen} times");
-                    tracing::warn!(transaction_key = %c.transaction_key, reason = c.reason.as_str(), answers = seen, "reconciliation gave up: Singapay does not know this transaction");
-                    counter!(metric::RECONCILE_GAVE_UP, "product" => product.as_str()).increment(1);
-                    Next::GiveUp(why)
-                } else {
-                    Next::Again { after_secs: backoff }
-                };
-                ("not_found", None, next, None, response_code.clone())
-            }
-            Answer::RetryLater { reason } => {
-                ("retry_later", Some(reason.clone()), Next::Again { after_secs: backoff }, None, None)
-            }
-            Answer::TokenRejected => {
-                tracing::warn!(transaction_key = %c.transaction_key, "Singapay refused a fresh access token too; asking again later");
-                let detail = Some("the access token was refused twice".to_owned());
-                ("token_rejected", detail, Next::Again { after_secs: backoff }, None, None)
-            }
-            Answer::Forbidden { cause } => {
-                self.stop(cause.clone(), "ask Singapay to whitelist this machine's public IP address for the API (SP017/403), or check the account's permissions (SP403)");
-                (
-                    "forbidden",
-                    Some(cause.clone()),
-                    Next::Release { after_secs: backoff, error: cause.clone() },
-                    None,
-                    None,
-                )
-            }
-            Answer::Unreadable { reason } => {
-                tracing::warn!(transaction_key = %c.transaction_key, reason = %reason, "an inquiry's answer could not be read; asking again later");
-                ("unreadable", Some(reason.clone()), Next::Again { after_secs: backoff }, None, None)
+        let asked = tokio::time::timeout(self.settings.check_deadline(), self.ask_each(product, &lookups)).await;
+        let (exchanges, errors, skipped) = match asked {
+            Ok(asked) => asked,
+            Err(_) => {
+                let error = "the questions took longer than a check's lease; asking again later".to_owned();
+                tracing::warn!(transaction_key = %c.transaction_key, "{error}");
+                (Vec::new(), vec![error], 0)
             }
         };
-        if !matches!(exchange.answer, Answer::Forbidden { .. }) {
-            self.resume();
+        // The deciding exchange: a status about our record, else the answer that says most
+        // about what to do next.
+        // A refusal outweighs "not found": the record may be on the account that refused.
+        let weight = |a: &Answer| match a {
+            Answer::Status { .. } => 5,
+            Answer::Unreadable { .. } | Answer::Mismatch { .. } | Answer::Ambiguous { .. } => 4,
+            Answer::RetryLater { .. } | Answer::TokenRejected => 3,
+            Answer::Forbidden { .. } => 2,
+            Answer::NotFound { .. } => 1,
+        };
+        let deciding = (0..exchanges.len()).max_by_key(|&i| (weight(&exchanges[i].2.answer), std::cmp::Reverse(i)));
+        // "Not found" where some owner could not be asked (paused, no token) says nothing.
+        let inconclusive = skipped > 0 || !errors.is_empty();
+        let Some(deciding) = deciding else {
+            // Nothing asked: every owner is paused, or no token could be had.
+            let error = if errors.is_empty() {
+                "every credential and account that could be asked is paused".to_owned()
+            } else {
+                errors.join("; ")
+            };
+            counter!(metric::INQUIRIES, "product" => product.as_str(), "answer" => "no_token").increment(1);
+            let next = Next::Release { after_secs: backoff, error: error.clone() };
+            return self.settle(&c, not_asked(next, &error)).await;
+        };
+        let mut records = Vec::with_capacity(exchanges.len());
+        let mut outcome = None;
+        for (n, (i, account, exchange)) in exchanges.into_iter().enumerate() {
+            histogram!(metric::INQUIRY_DURATION).record(exchange.elapsed.as_secs_f64());
+            let answer = exchange.answer.name();
+            counter!(metric::INQUIRIES, "product" => product.as_str(), "answer" => answer).increment(1);
+            let mut change = None;
+            let mut response_code = None;
+            let mut detail = None;
+            let mut identified_by = None;
+            let next = if n != deciding {
+                Next::Keep
+            } else {
+                match &exchange.answer {
+                    Answer::Status { status: s, status_code, response_code: code, identified_by: by } => {
+                        change = Some(Change {
+                            transaction_key: c.transaction_key.clone(),
+                            product,
+                            singapay_id: singapay_id.clone(),
+                            merchant_reference: merchant_reference.clone(),
+                            status: Some(s.clone()),
+                            transaction_status_code: status_code.clone(),
+                            amount: None,
+                            currency: None,
+                            occurred_at: None,
+                        });
+                        response_code = code.clone();
+                        identified_by = by.clone();
+                        if status::rank(product, s) == Some(4) {
+                            Next::Done
+                        } else {
+                            Next::Again { after_secs: backoff }
+                        }
+                    }
+                    Answer::NotFound { .. } if inconclusive => Next::Release {
+                        after_secs: backoff,
+                        error: format!("not found where asked; not asked: {}", not_asked_where(&errors, skipped)),
+                    },
+                    Answer::NotFound { .. } => {
+                        let seen = c.not_found + 1;
+                        if seen as u32 >= self.settings.not_found_attempts {
+                            tracing::warn!(transaction_key = %c.transaction_key, reason = c.reason.as_str(), answers = seen, "reconciliation gave up: Singapay does not know this transaction");
+                            counter!(metric::RECONCILE_GAVE_UP, "product" => product.as_str()).increment(1);
+                            Next::GiveUp(format!("Singapay answered not found {seen} times"))
+                        } else {
+                            Next::Again { after_secs: backoff }
+                        }
+                    }
+                    Answer::Unreadable { .. } | Answer::Mismatch { .. } | Answer::Ambiguous { .. } => {
+                        let seen = c.unreadable + 1;
+                        if seen as u32 >= self.settings.unreadable_attempts {
+                            let why = format!("{seen} answers could not be applied; the last: {answer}");
+                            tracing::warn!(transaction_key = %c.transaction_key, reason = c.reason.as_str(), answers = seen, "reconciliation flagged a transaction for a person: Singapay's answers about it cannot be applied");
+                            counter!(metric::RECONCILE_FLAGGED, "product" => product.as_str()).increment(1);
+                            Next::Flag(why)
+                        } else {
+                            Next::Again { after_secs: backoff }
+                        }
+                    }
+                    Answer::RetryLater { .. } | Answer::TokenRejected => Next::Again { after_secs: backoff },
+                    Answer::Forbidden { cause, .. } => Next::Release { after_secs: backoff, error: cause.clone() },
+                }
+            };
+            match &exchange.answer {
+                Answer::Status { .. } => {}
+                Answer::NotFound { response_code: code } => response_code = code.clone(),
+                Answer::Mismatch { found, response_code: code } => {
+                    tracing::warn!(transaction_key = %c.transaction_key, found = %found, "an inquiry's answer was about another record; not applied");
+                    detail = Some(format!("the answer is about {found}"));
+                    response_code = code.clone();
+                }
+                Answer::Ambiguous { reason } | Answer::RetryLater { reason } | Answer::Unreadable { reason } => {
+                    if matches!(exchange.answer, Answer::Unreadable { .. } | Answer::Ambiguous { .. }) {
+                        tracing::warn!(transaction_key = %c.transaction_key, reason = %reason, "an inquiry's answer could not be applied; asking again later");
+                    }
+                    detail = Some(reason.clone());
+                }
+                Answer::TokenRejected => {
+                    tracing::warn!(transaction_key = %c.transaction_key, "Singapay refused a fresh access token too; asking again later");
+                    detail = Some("the access token was refused twice".to_owned());
+                }
+                Answer::Forbidden { cause, .. } => detail = Some(cause.clone()),
+            }
+            if n == deciding {
+                outcome = Some((answer, i, account.clone(), identified_by.clone(), next.clone()));
+            }
+            records.push(Write::Inquiry(Box::new(Inquiry {
+                transaction_key: c.transaction_key.clone(),
+                reason: c.reason,
+                delivery_id: c.delivery_id,
+                asked_by: self.who.clone(),
+                credential: Some(self.label(i).to_owned()),
+                account_id: Some(account),
+                method: exchange.method.as_str(),
+                path: exchange.path.clone(),
+                request_body: exchange.request_body.as_ref().map(|b| b.to_string()),
+                http_status: exchange.http_status,
+                response_body: exchange.response_body.clone(),
+                answer,
+                detail,
+                response_code,
+                identified_by,
+                steps: (!exchange.steps.is_empty())
+                    .then(|| serde_json::Value::from(exchange.steps.clone()).to_string()),
+                elapsed_ms: exchange.elapsed.as_millis().min(i32::MAX as u128) as i32,
+                retried_with_new_token: exchange.retried_with_new_token,
+                change,
+                next,
+            })));
         }
-        counter!(metric::INQUIRIES, "product" => product.as_str(), "answer" => answer).increment(1);
-        let record = Inquiry {
-            transaction_key: c.transaction_key.clone(),
-            reason: c.reason,
-            delivery_id: c.delivery_id,
-            asked_by: self.who.clone(),
-            method: exchange.method.as_str(),
-            path: exchange.path.clone(),
-            request_body: exchange.request_body.as_ref().map(|b| b.to_string()),
-            http_status: exchange.http_status,
-            response_body: exchange.response_body.clone(),
-            answer,
-            detail,
-            response_code,
-            elapsed_ms: exchange.elapsed.as_millis().min(i32::MAX as u128) as i32,
-            retried_with_new_token: exchange.retried_with_new_token,
-            change,
-            next: next.clone(),
-        };
-        let status = record.change.as_ref().and_then(|ch| ch.status.clone());
-        let written = crate::intake::write_batch(&self.pool, &[Write::Inquiry(Box::new(record))])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::Internal("no answer from the store".into())))?;
-        let Written::Inquired { inquiry_id, change } = written else {
+        let (answer, i, account, identified_by, next) = outcome.expect("the deciding exchange is recorded");
+        let status = records.iter().find_map(|r| match r {
+            Write::Inquiry(q) => q.change.as_ref().and_then(|ch| ch.status.clone()),
+            _ => None,
+        });
+        let written = crate::intake::write_batch(&self.pool, &records).await;
+        let mut decided = None;
+        for w in written {
+            if let Written::Inquired { inquiry_id, change } = w? {
+                if change.is_some() || decided.is_none() {
+                    decided = Some((inquiry_id, change));
+                }
+            }
+        }
+        let Some((inquiry_id, change)) = decided else {
             return Err(StoreError::Internal("an inquiry was not recorded as one".into()));
         };
         let transition = change.as_ref().map(|ch| ch.transition.as_str().to_owned());
@@ -490,6 +676,9 @@ impl Reconciler {
             transaction_key = %c.transaction_key,
             reason = c.reason.as_str(),
             answer,
+            credential = self.label(i),
+            account_id = %account,
+            identified_by = identified_by.as_deref(),
             status = status.as_deref(),
             transition = transition.as_deref(),
             version = change.as_ref().map(|ch| ch.version),
@@ -504,11 +693,72 @@ impl Reconciler {
             transition,
             next,
             inquiry_id: Some(inquiry_id),
+            credential: Some(self.label(i).to_owned()),
+            account_id: Some(account),
+            identified_by,
         })
     }
 
+    /// Asks each `(credential, account)` in turn, skipping paused ones, until one answers
+    /// with our record's status. Refusals pause their credential or account.
+    async fn ask_each(&self, product: Product, lookups: &[(usize, String, Lookup)]) -> Asked {
+        let reading = Reading::of(product);
+        let mut exchanges = Vec::new();
+        let mut errors = Vec::new();
+        let mut skipped = 0;
+        for (i, account, lookup) in lookups {
+            let label = self.label(*i);
+            if self.is_paused(label, account) {
+                skipped += 1;
+                continue;
+            }
+            let exchange = match self.clients[*i].look_up(reading, lookup).await {
+                Ok(exchange) => exchange,
+                Err(e) => {
+                    let error = format!("{label}: {e}");
+                    match e {
+                        AskError::Credentials(_) => self.stop(
+                            label,
+                            e.to_string(),
+                            "check this credential's client id, client secret and partner id against the dashboard, and this machine's clock",
+                        ),
+                        AskError::Forbidden(_) => self.stop(
+                            label,
+                            e.to_string(),
+                            "ask Singapay to whitelist this machine's public IP address for the API",
+                        ),
+                        AskError::TokenUnavailable(_) => {
+                            tracing::warn!(credential = label, error = %e, "no access token from Singapay; asking again later")
+                        }
+                    }
+                    errors.push(error);
+                    continue;
+                }
+            };
+            match &exchange.answer {
+                Answer::Forbidden { cause, refused: Refused::Ip } => self.stop(
+                    label,
+                    cause.clone(),
+                    "ask Singapay to whitelist this machine's public IP address for the API (SP017)",
+                ),
+                Answer::Forbidden { cause, refused: Refused::Account } => self.stop(
+                    &format!("{label}/{account}"),
+                    cause.clone(),
+                    "this account belongs to another credential (SP403) or the credential lacks the permission: configure the account under the credential that owns it",
+                ),
+                _ => self.resume(label, account),
+            }
+            let found = matches!(exchange.answer, Answer::Status { .. });
+            exchanges.push((*i, account.clone(), exchange));
+            if found {
+                break;
+            }
+        }
+        (exchanges, errors, skipped)
+    }
+
     async fn settle(&self, c: &Check, outcome: Outcome) -> Result<Outcome, StoreError> {
-        if let Next::GiveUp(why) = &outcome.next {
+        if let Next::GiveUp(why) | Next::Flag(why) = &outcome.next {
             tracing::warn!(transaction_key = %c.transaction_key, reason = c.reason.as_str(), why = %why, "reconciliation gave up on a check");
         }
         inquiries::settle(&self.pool, &c.transaction_key, &self.who, &outcome.next).await?;
@@ -519,7 +769,7 @@ impl Reconciler {
     pub async fn count_checks(&self) {
         let Ok(rows) = inquiries::check_counts(&self.pool).await else { return };
         for reason in ["needs_inquiry", "overdue", "requested"] {
-            for state in ["open", "gave_up"] {
+            for state in ["open", "gave_up", "flagged"] {
                 let n = rows.iter().find(|(r, s, _)| r == reason && s == state).map_or(0, |r| r.2);
                 gauge!(metric::RECONCILE_CHECKS, "reason" => reason, "state" => state).set(n as f64);
             }

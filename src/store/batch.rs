@@ -208,8 +208,7 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
     let new_ids = insert_all(conn, items, &new_rows, &ledger, &inquiry_ids).await.map_err(raced_on_unique_violation)?;
     for (&item, &id) in &inquiry_ids {
         if let Write::Inquiry(q) = &items[item] {
-            let not_found = q.answer == "not_found";
-            inquiries::finish_check(conn, &q.transaction_key, &q.asked_by, &q.next, Some(id), not_found).await?;
+            inquiries::finish_check(conn, &q.transaction_key, &q.asked_by, &q.next, Some(id), q.answer).await?;
             if q.change.as_ref().is_some_and(|c| c.status.is_some()) {
                 inquiries::clear_needs_inquiry(conn, &q.transaction_key).await?;
             }

@@ -46,6 +46,9 @@ pub struct Check {
     pub asked: i32,
     /// Answers "not found" so far.
     pub not_found: i32,
+    /// Answers that could not be applied so far (unreadable, about another record,
+    /// ambiguous).
+    pub unreadable: i32,
 }
 
 /// What becomes of a check after an answer (or after deciding not to ask).
@@ -59,10 +62,16 @@ pub enum Next {
     GiveUp(String),
     /// Not asked (inquiries are stopped): the lease is given back and this ask not counted.
     Release { after_secs: u64, error: String },
+    /// Stop asking and flag the transaction for a person (its answers cannot be applied):
+    /// the check stays, `flagged`, with the reason (`singapay.reconcile_attention`).
+    Flag(String),
+    /// One of several exchanges of a check that did not decide it: recorded only.
+    Keep,
 }
 
 /// How an answer is recorded (`inquiries.answer`).
-pub const ANSWERS: [&str; 6] = ["status", "not_found", "retry_later", "token_rejected", "forbidden", "unreadable"];
+pub const ANSWERS: [&str; 8] =
+    ["status", "mismatch", "ambiguous", "not_found", "retry_later", "token_rejected", "forbidden", "unreadable"];
 
 /// One exchange with Singapay's API, to record and, when it told a status, to apply.
 #[derive(Debug, Clone)]
@@ -72,16 +81,23 @@ pub struct Inquiry {
     pub delivery_id: Option<i64>,
     /// The replica (or command) that asked, and holds the check's lease.
     pub asked_by: String,
+    /// The credential's label and the account asked.
+    pub credential: Option<String>,
+    pub account_id: Option<String>,
     pub method: &'static str,
     pub path: String,
     /// JSON text.
     pub request_body: Option<String>,
     pub http_status: Option<u16>,
     pub response_body: Vec<u8>,
-    /// `status`, `not_found`, `retry_later`, `token_rejected`, `forbidden`, `unreadable`.
+    /// One of [`ANSWERS`].
     pub answer: &'static str,
     pub detail: Option<String>,
     pub response_code: Option<String>,
+    /// `field=value` of the answer that named the record the status came from.
+    pub identified_by: Option<String>,
+    /// The list pages a search read first (JSON text).
+    pub steps: Option<String>,
     pub elapsed_ms: i32,
     pub retried_with_new_token: bool,
     /// The status Singapay answered, as a change of the transaction (applied like a
@@ -103,6 +119,9 @@ pub struct Known {
     /// What `request_check` was given to ask with (for a transaction nothing stored names).
     pub requested_singapay_id: Option<String>,
     pub requested_merchant_reference: Option<String>,
+    /// The label of the webhook secret that verified the transaction's callbacks (the
+    /// delivery that needed the inquiry, else its last one).
+    pub credential: Option<String>,
 }
 
 /// Statuses that are not final (the partial index `transactions_open_idx` holds them).
@@ -177,14 +196,16 @@ pub async fn discover(
     Ok(Discovery { added: needs + late, started_at, complete: (late as i64) < DISCOVER_LIMIT })
 }
 
-const CHECK_COLUMNS: &str = "transaction_key, reason, delivery_id, asked, not_found";
+const CHECK_COLUMNS: &str = "transaction_key, reason, delivery_id, asked, not_found, unreadable";
 
-type CheckRow = (String, String, Option<i64>, i32, i32);
+type CheckRow = (String, String, Option<i64>, i32, i32, i32);
 
-fn check_of((transaction_key, reason, delivery_id, asked, not_found): CheckRow) -> Result<Check, sqlx::Error> {
+fn check_of(
+    (transaction_key, reason, delivery_id, asked, not_found, unreadable): CheckRow,
+) -> Result<Check, sqlx::Error> {
     let reason = CheckReason::parse(&reason)
         .ok_or_else(|| sqlx::Error::Decode("reconcile_checks.reason outside its CHECK".into()))?;
-    Ok(Check { transaction_key, reason, delivery_id, asked, not_found })
+    Ok(Check { transaction_key, reason, delivery_id, asked, not_found, unreadable })
 }
 
 /// Takes up to `limit` due checks (only `key`'s when given) for `who`, with a lease of
@@ -242,10 +263,12 @@ pub async fn due(conn: &mut PgConnection, key: Option<&str>, limit: i64) -> Resu
 pub async fn known(conn: &mut PgConnection, check: &Check) -> Result<Known, sqlx::Error> {
     sqlx::query_as(
         "SELECT t.product, t.status, t.singapay_id, t.merchant_reference, d.body AS delivery_body,
-                c.singapay_id AS requested_singapay_id, c.merchant_reference AS requested_merchant_reference
+                c.singapay_id AS requested_singapay_id, c.merchant_reference AS requested_merchant_reference,
+                coalesce(d.credential, ld.credential) AS credential
            FROM (SELECT $1::text AS k) x
            LEFT JOIN singapay.transactions t ON t.transaction_key = x.k
            LEFT JOIN singapay.deliveries d ON d.id = $2
+           LEFT JOIN singapay.deliveries ld ON ld.id = t.last_delivery_id
            LEFT JOIN singapay.reconcile_checks c ON c.transaction_key = x.k",
     )
     .bind(&check.transaction_key)
@@ -257,21 +280,25 @@ pub async fn known(conn: &mut PgConnection, check: &Check) -> Result<Known, sqlx
 /// Settles a check that was not asked about (nothing to record in `inquiries`).
 pub async fn settle(pool: &PgPool, key: &str, who: &str, next: &Next) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    finish_check(&mut conn, key, who, next, None, false).await
+    finish_check(&mut conn, key, who, next, None, "not_asked").await
 }
 
 /// Applies `next` to `key`'s check, if `who` still holds its lease (a replica whose lease
-/// ran out leaves the check to the one that took it over); `not_found`: the answer was.
+/// ran out leaves the check to the one that took it over); `answer`: how the answer was
+/// read (`not_found` and the answers that cannot be applied are counted).
 pub(super) async fn finish_check(
     conn: &mut PgConnection,
     key: &str,
     who: &str,
     next: &Next,
     inquiry_id: Option<i64>,
-    not_found: bool,
+    answer: &str,
 ) -> Result<(), sqlx::Error> {
+    let not_found = answer == "not_found";
+    let unreadable = i32::from(matches!(answer, "unreadable" | "mismatch" | "ambiguous"));
     // (state, ask again after, "not found" answers to add, asks to take back, error)
     let (state, after_secs, not_found, uncount, error) = match next {
+        Next::Keep => return Ok(()),
         Next::Done => {
             sqlx::query("DELETE FROM singapay.reconcile_checks WHERE transaction_key = $1 AND locked_by = $2")
                 .bind(key)
@@ -282,13 +309,14 @@ pub(super) async fn finish_check(
         }
         Next::Again { after_secs } => ("open", Some(*after_secs as i64), i32::from(not_found), 0, None),
         Next::GiveUp(why) => ("gave_up", None, i32::from(not_found), 0, Some(why.as_str())),
+        Next::Flag(why) => ("flagged", None, 0, 0, Some(why.as_str())),
         Next::Release { after_secs, error } => ("open", Some(*after_secs as i64), 0, 1, Some(error.as_str())),
     };
     sqlx::query(
         "UPDATE singapay.reconcile_checks
             SET state = $4, due_at = coalesce(now() + $5 * interval '1 second', due_at),
                 locked_by = NULL, locked_until = NULL, not_found = not_found + $6, asked = greatest(asked - $7, 0),
-                last_inquiry_id = coalesce($3, last_inquiry_id), last_error = $8
+                last_inquiry_id = coalesce($3, last_inquiry_id), last_error = $8, unreadable = unreadable + $9
           WHERE transaction_key = $1 AND locked_by = $2",
     )
     .bind(key)
@@ -299,6 +327,7 @@ pub(super) async fn finish_check(
     .bind(not_found)
     .bind(uncount)
     .bind(error)
+    .bind(unreadable)
     .execute(conn)
     .await?;
     Ok(())
@@ -317,8 +346,9 @@ pub(super) async fn record(
         "INSERT INTO singapay.inquiries
             (transaction_key, reason, delivery_id, asked_by, method, path, request_body, http_status,
              response_body, answer, detail, status, transaction_status_code, response_code, transition,
-             version, elapsed_ms, retried_with_new_token)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             version, elapsed_ms, retried_with_new_token, credential, account_id, identified_by, steps)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                 $21, $22::jsonb)
          RETURNING id",
     )
     .bind(&q.transaction_key)
@@ -339,6 +369,10 @@ pub(super) async fn record(
     .bind(change.map(|c| c.version))
     .bind(q.elapsed_ms)
     .bind(q.retried_with_new_token)
+    .bind(q.credential.as_deref())
+    .bind(q.account_id.as_deref())
+    .bind(q.identified_by.as_deref())
+    .bind(q.steps.as_deref())
     .fetch_one(conn)
     .await
 }

@@ -17,6 +17,7 @@ use serde_json::json;
 use singapay_webhooks::config::Settings;
 use singapay_webhooks::embedded_pg::{self, Cluster};
 use singapay_webhooks::reconcile::client::{ApiClient, ApiSettings};
+use singapay_webhooks::reconcile::ApiCredential;
 use singapay_webhooks::singapay::signature::{self, Credential};
 use singapay_webhooks::singapay::Body;
 use singapay_webhooks::startup::{Application, Signals};
@@ -433,6 +434,7 @@ impl SandboxApi {
             client_secret: "secret-1".into(),
             partner_id: "partner-1".into(),
             token_ttl_secs: 3600,
+            accounts: Vec::new(),
             clock,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -479,6 +481,16 @@ impl SandboxApi {
             client_secret: SecretString::from("secret-1".to_owned()),
             partner_id: "partner-1".into(),
             timeout,
+        }
+    }
+
+    /// One credential of reconciliation's settings, owning `accounts`, that reaches this
+    /// sandbox.
+    pub fn credential(&self, label: &str, accounts: &[&str], timeout: Duration) -> ApiCredential {
+        ApiCredential {
+            label: label.into(),
+            api: self.settings(timeout),
+            accounts: accounts.iter().map(|a| a.to_string()).collect(),
         }
     }
 

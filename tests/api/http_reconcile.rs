@@ -16,14 +16,14 @@ use crate::helpers::{disbursement, SandboxApi, TestApp, SANDBOX_ACCOUNT};
 
 fn settings(api: &SandboxApi) -> ReconcileSettings {
     ReconcileSettings {
-        api: api.settings(Duration::from_secs(2)),
-        account_id: SANDBOX_ACCOUNT.into(),
+        credentials: vec![api.credential("default", &[SANDBOX_ACCOUNT], Duration::from_secs(2))],
         money_out_overdue: Duration::from_secs(15 * 60),
         money_in_overdue: Duration::from_secs(86_400),
         concurrency: 4,
         backoff: Duration::from_secs(1),
         backoff_max: Duration::from_secs(2),
         not_found_attempts: 3,
+        unreadable_attempts: 3,
         // A pass drains every due check (it stops at `interval`).
         interval: Duration::from_secs(60),
     }
@@ -274,7 +274,7 @@ async fn faults_back_off_recover_give_up_and_stop() {
         assert_eq!(app.send(&disbursement(id, reference, "SP002", None)).await.status, 200);
     }
     let mut s = settings(&api);
-    s.api.timeout = Duration::from_millis(800);
+    s.credentials[0].api.timeout = Duration::from_millis(800);
     let rec = reconciler(&app, s, None);
 
     let first = rec.pass(None).await.unwrap();
@@ -473,7 +473,7 @@ async fn a_check_in_flight_is_not_taken_by_another_replica() {
         200
     );
     let mut s = settings(&api);
-    s.api.timeout = Duration::from_secs(3);
+    s.credentials[0].api.timeout = Duration::from_secs(3);
     let one = reconciler(&app, s.clone(), None);
     let two = reconciler(&app, s, None);
     let first = {
@@ -616,7 +616,12 @@ async fn a_pass_stops_at_its_interval_and_says_more_is_due() {
 async fn a_checkout_that_never_called_back_is_asked_about_on_request() {
     let app = TestApp::spawn().await;
     let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
-    api.script("4455", &["expired"]).await;
+    // Singapay's record names the checkout by its id and the merchant's reff_no.
+    api.control(
+        "transactions",
+        json!({"id": "4455", "reff_no": "INV-9", "product": "ewallet", "answers": ["expired"]}),
+    )
+    .await;
     let request = |key: &'static str, singapay_id: Option<&'static str>| {
         let db = app.db.clone();
         async move {
@@ -684,4 +689,72 @@ async fn incremental_discovery_finds_what_became_overdue_since_the_last_one() {
     assert_eq!(found.added, 1);
     assert_eq!(keys(app.db.clone()).await.len(), 2);
     assert!(found.started_at <= Utc::now());
+}
+
+/// Answers that cannot be applied (unreadable, about another record) are asked again with
+/// the backoff, at most `unreadable_attempts` times: then the check is flagged for a person,
+/// in `singapay.reconcile_attention` and the checks gauge, and asked no more.
+#[tokio::test]
+async fn answers_that_cannot_be_applied_end_in_a_flag_for_a_person() {
+    let app = TestApp::spawn().await;
+    let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    // First an HTML page, then twice a record that is not ours (another reference, paid).
+    let other = json!({"response_code": "SP000", "response_message": "Success",
+                       "data": {"reference_number": "PAYOUT-OTHER", "transaction_status": {"code": "00", "desc": "Success"}}});
+    api.control(
+        "transactions",
+        json!({"id": "PAYOUT-ODD", "answers": [{"http_status": 200, "body_text": "<html>maintenance</html>"},
+                                               {"http_status": 200, "body": other}]}),
+    )
+    .await;
+    let id = "7700000000000000000000000000031";
+    let key = format!("disbursement:{id}");
+    assert_eq!(app.send(&disbursement(id, "PAYOUT-ODD", "SP002", None)).await.status, 200);
+    let rec = reconciler(&app, settings(&api), None);
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        sqlx::query("UPDATE singapay.reconcile_checks SET due_at = now()").execute(&app.db).await.unwrap();
+        let report = rec.pass(None).await.unwrap();
+        answers.extend(report.outcomes.iter().map(|o| (o.answer.clone(), o.next.clone())));
+    }
+    assert_eq!(answers.len(), 3, "asked three times, then no more: {answers:?}");
+    assert_eq!(answers[0], ("unreadable".to_owned(), Next::Again { after_secs: 1 }));
+    assert_eq!(answers[1], ("mismatch".to_owned(), Next::Again { after_secs: 2 }));
+    assert!(matches!(&answers[2], (a, Next::Flag(why)) if a == "mismatch" && why.contains("3 answers")), "{answers:?}");
+    assert_eq!(transaction(&app, &key).await, None, "nothing was applied");
+    let (state, unreadable, last_answer): (String, i32, String) = sqlx::query_as(
+        "SELECT state, unreadable, last_answer FROM singapay.reconcile_attention WHERE transaction_key = $1",
+    )
+    .bind(&key)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), unreadable, last_answer.as_str()), ("flagged", 3, "mismatch"));
+    let detail: String = sqlx::query_scalar(
+        "SELECT detail FROM singapay.inquiries WHERE transaction_key = $1 AND answer = 'mismatch' LIMIT 1",
+    )
+    .bind(&key)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(detail.contains("reference_number=PAYOUT-OTHER"), "{detail}");
+    rec.count_checks().await;
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let flagged = metrics
+        .lines()
+        .find(|l| l.starts_with("singapay_reconcile_checks{") && l.contains("needs_inquiry") && l.contains("flagged"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(flagged.ends_with(" 1"), "{flagged}");
+    // Asked for by someone, it is asked again from the start.
+    assert!(inquiries_request_check(&app, &key).await);
+    let state: String = sqlx::query_scalar("SELECT state FROM singapay.reconcile_checks WHERE transaction_key = $1")
+        .bind(&key)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(state, "open");
+}
+
+async fn inquiries_request_check(app: &TestApp, key: &str) -> bool {
+    sqlx::query_scalar("SELECT singapay.request_check($1)").bind(key).fetch_one(&app.db).await.unwrap()
 }

@@ -111,7 +111,7 @@ async fn faults_are_reported_as_what_they_are() {
     };
     assert!(matches!(ask("REF-4").await.answer, Answer::RetryLater { reason } if reason.starts_with("SP005")));
     assert!(matches!(ask("REF-5").await.answer, Answer::NotFound { .. }));
-    assert!(matches!(ask("REF-6").await.answer, Answer::Forbidden { cause } if cause.starts_with("SP017")));
+    assert!(matches!(ask("REF-6").await.answer, Answer::Forbidden { cause, .. } if cause.starts_with("SP017")));
     let hung = ask("REF-7").await;
     assert!(matches!(&hung.answer, Answer::RetryLater { reason } if reason.contains("in time")), "{:?}", hung.answer);
     assert_eq!(hung.http_status, None);

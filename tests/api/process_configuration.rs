@@ -156,6 +156,7 @@ async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
         ("RECONCILE_BACKOFF_SECS", "soon", vec!["serve"]),
         ("RECONCILE_BACKOFF_MAX_SECS", "0", vec!["serve"]),
         ("RECONCILE_NOT_FOUND_ATTEMPTS", "0", vec!["serve"]),
+        ("RECONCILE_UNREADABLE_ATTEMPTS", "1001", vec!["serve"]),
         ("RECONCILE_INTERVAL_SECS", "3601", vec!["serve"]),
     ];
     let tested: BTreeSet<&str> = cases.iter().map(|c| c.0).collect();

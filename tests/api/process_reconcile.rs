@@ -79,7 +79,8 @@ async fn serve_reconciles_and_a_refused_ip_stops_inquiries_but_not_callbacks() {
             .await,
         200
     );
-    eventually("the stop is logged", || async { server.log_text().contains("reconciliation stopped") }).await;
+    eventually("the stop is logged", || async { server.log_text().contains("reconciliation paused for default") })
+        .await;
     // Callbacks are taken throughout, and the stop is said once.
     for i in 0..5 {
         let id = format!("77000000000000000000000000002{i:02}");
@@ -87,7 +88,7 @@ async fn serve_reconciles_and_a_refused_ip_stops_inquiries_but_not_callbacks() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let logs = server.log_text();
-    let stops: Vec<&str> = logs.lines().filter(|l| l.contains("reconciliation stopped")).collect();
+    let stops: Vec<&str> = logs.lines().filter(|l| l.contains("reconciliation paused")).collect();
     assert_eq!(stops.len(), 1, "{logs}");
     assert!(stops[0].contains("403") && stops[0].contains("whitelist"), "{}", stops[0]);
     let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
@@ -138,7 +139,7 @@ async fn the_reconcile_command_shows_what_it_would_ask_then_asks() {
     let (ok, out, err) = process::run(&["reconcile", "--dry-run"], &vars).await;
     assert!(ok, "{err}");
     let expected = format!(
-        "would ask  {key}  (needs_inquiry)  POST /api/v2.0/disbursement/{SANDBOX_ACCOUNT}/inquiry-status {{\"reference_number\":\"PAYOUT-CMD-1\"}}"
+        "would ask  {key}  (needs_inquiry)  as default on {SANDBOX_ACCOUNT}: POST /api/v2.0/disbursement/{SANDBOX_ACCOUNT}/inquiry-status {{\"reference_number\":\"PAYOUT-CMD-1\"}}"
     );
     assert!(out.lines().any(|l| l == expected), "{out}");
     assert!(out.contains("1 due (nothing asked, nothing changed)"), "{out}");
@@ -152,7 +153,8 @@ async fn the_reconcile_command_shows_what_it_would_ask_then_asks() {
     assert!(
         out.lines().any(|l| l.starts_with(&key)
             && l.contains("(needs_inquiry)")
-            && l.contains("answer=status status=succeeded transition=applied")
+            && l.contains("answer=status from=default/")
+            && l.contains("record=reference_number=PAYOUT-CMD-1 status=succeeded transition=applied")
             && l.ends_with("next: done")),
         "{out}"
     );
@@ -174,10 +176,10 @@ async fn the_reconcile_command_shows_what_it_would_ask_then_asks() {
     let (ok, out, err) = process::run(&args, &vars).await;
     assert!(ok, "{err}");
     let expected = format!(
-        "would ask  ewallet:INV-CMD-9  (requested)  GET /api/v1.0/ewallet-native/{SANDBOX_ACCOUNT}/inquiry-status/777"
+        "would ask  ewallet:INV-CMD-9  (requested)  as default on {SANDBOX_ACCOUNT}: GET /api/v1.0/ewallet-native/{SANDBOX_ACCOUNT}/inquiry-status/777"
     );
     assert!(out.lines().any(|l| l == expected), "{out}");
-    api.script("777", &["expired"]).await;
+    api.control("transactions", json!({"id": "777", "reff_no": "INV-CMD-9", "answers": ["expired"]})).await;
     let (ok, out, err) = process::run(&args[..1].iter().chain(&args[2..]).copied().collect::<Vec<_>>(), &vars).await;
     assert!(ok, "{err}");
     assert!(

@@ -355,7 +355,7 @@ async fn the_sandbox_command_stands_in_for_singapays_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(scripted.status(), 204);
+    assert_eq!(scripted.status(), 201);
     assert!(matches!(ask("TOPUP-1").await, Answer::Status { status, .. } if status == "failed"));
     server.signal("INT");
     assert!(server.wait_exit(std::time::Duration::from_secs(10)).await.success());
