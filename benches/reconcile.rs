@@ -72,6 +72,7 @@ fn settings(url: &str, concurrency: usize) -> ReconcileSettings {
                 client_secret: SecretString::from("bench-secret".to_owned()),
                 partner_id: "bench-partner".into(),
                 timeout: Duration::from_secs(10),
+                allow_insecure: true,
             },
             accounts: vec!["BENCHACCOUNT".into()],
         }],

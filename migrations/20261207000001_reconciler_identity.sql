@@ -12,9 +12,10 @@
 -- * singapay.reconcile_attention: the checks a person must look at (gave up, flagged).
 -- * request_check reopens a flagged check and resets its counts.
 --
--- New columns are nullable or have constant defaults (catalog-only). The widened CHECKs
--- are added NOT VALID and validated separately (no long exclusive lock); the migration
--- gives up after 5 s rather than queue callbacks behind a long transaction.
+-- New columns are nullable or have constant defaults (catalog-only). Replacing the two
+-- CHECKs validates them under an exclusive lock of inquiries and reconcile_checks (tables
+-- only reconciliation writes; callbacks are not held up); the migration gives up after 5 s
+-- rather than queue behind a long transaction.
 SET LOCAL lock_timeout = '5s';
 
 ALTER TABLE singapay.inquiries
@@ -26,14 +27,12 @@ ALTER TABLE singapay.inquiries
 ALTER TABLE singapay.inquiries DROP CONSTRAINT inquiries_answer_check;
 ALTER TABLE singapay.inquiries ADD CONSTRAINT inquiries_answer_check
     CHECK (answer IN ('status', 'mismatch', 'ambiguous', 'not_found', 'retry_later', 'token_rejected',
-                      'forbidden', 'unreadable')) NOT VALID;
-ALTER TABLE singapay.inquiries VALIDATE CONSTRAINT inquiries_answer_check;
+                      'forbidden', 'unreadable'));
 
 ALTER TABLE singapay.reconcile_checks ADD COLUMN unreadable integer NOT NULL DEFAULT 0;
 ALTER TABLE singapay.reconcile_checks DROP CONSTRAINT reconcile_checks_state_check;
 ALTER TABLE singapay.reconcile_checks ADD CONSTRAINT reconcile_checks_state_check
-    CHECK (state IN ('open', 'gave_up', 'flagged')) NOT VALID;
-ALTER TABLE singapay.reconcile_checks VALIDATE CONSTRAINT reconcile_checks_state_check;
+    CHECK (state IN ('open', 'gave_up', 'flagged'));
 
 CREATE VIEW singapay.reconcile_attention AS
 SELECT c.transaction_key,

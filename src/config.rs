@@ -69,6 +69,7 @@ pub const VARIABLES: &[&str] = &[
     "BODY_READ_TIMEOUT_SECS",
     "PG_BIN_DIR",
     "SINGAPAY_API_URL",
+    "SINGAPAY_API_ALLOW_INSECURE",
     "SINGAPAY_CLIENT_ID",
     "SINGAPAY_CLIENT_SECRET",
     "SINGAPAY_CLIENT_SECRET_FILE",
@@ -364,6 +365,11 @@ impl Env<'_> {
     pub fn reconcile(&self) -> Result<Option<crate::reconcile::ReconcileSettings>, ConfigError> {
         use std::time::Duration;
         let timeout = Duration::from_secs(self.ranged("SINGAPAY_API_TIMEOUT_SECS", 15, 1, 300)?);
+        let allow_insecure = match self.raw("SINGAPAY_API_ALLOW_INSECURE").as_deref().map(str::trim) {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(_) => return Err(bad("SINGAPAY_API_ALLOW_INSECURE", "must be 1 or 0")),
+        };
         let money_out_overdue =
             Duration::from_secs(self.ranged("RECONCILE_MONEY_OUT_OVERDUE_SECS", 15 * 60, 1, 90 * 86_400)?);
         let money_in_overdue =
@@ -406,17 +412,28 @@ impl Env<'_> {
         }
         let base_url = api_url.unwrap_or_default().trim().trim_end_matches('/').to_owned();
         match reqwest::Url::parse(&base_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() => {}
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() => {
+                // Statuses move money: only Singapay's own hosts, over TLS, unless a
+                // developer says otherwise (the local sandbox).
+                let singapay = u.host_str().is_some_and(|h| h == "singapay.id" || h.ends_with(".singapay.id"));
+                if !allow_insecure && (u.scheme() != "https" || !singapay || u.port().is_some()) {
+                    return Err(bad(
+                        "SINGAPAY_API_URL",
+                        "must be https on Singapay's host (https://payment-b2b.singapay.id, https://sandbox-payment-b2b.singapay.id); any other URL, such as the local sandbox, needs SINGAPAY_API_ALLOW_INSECURE=1 (never in production)",
+                    ));
+                }
+            }
             _ => {
                 return Err(bad(
                     "SINGAPAY_API_URL",
-                    "must be an http(s) URL such as https://payment-b2b.singapay.id (no query)",
+                    "must be an https URL such as https://payment-b2b.singapay.id (no query)",
                 ))
             }
         }
         let credentials = api_credentials(
             &base_url,
             timeout,
+            allow_insecure,
             &client_id.unwrap_or_default(),
             &client_secret.unwrap_or_default(),
             &partner_id.unwrap_or_default(),
@@ -447,6 +464,7 @@ impl Env<'_> {
 fn api_credentials(
     base_url: &str,
     timeout: std::time::Duration,
+    allow_insecure: bool,
     client_ids: &str,
     client_secrets: &str,
     partner_ids: &str,
@@ -518,6 +536,14 @@ fn api_credentials(
             ));
         }
     }
+    if creds.len() > 1 && !creds.iter().any(|(l, _)| l == "default") {
+        if let Some(n) = accounts.iter().position(|(l, _)| l.is_none()) {
+            return Err(bad(
+                ACCOUNTS,
+                format!("entry {} has no label= and no credential is labelled \"default\" to own it", n + 1),
+            ));
+        }
+    }
     let mut out = Vec::new();
     for (label, client_id) in &creds {
         let owned: Vec<String> = accounts
@@ -546,6 +572,7 @@ fn api_credentials(
                 client_secret: SecretString::from(secret),
                 partner_id: partner_of(label)?,
                 timeout,
+                allow_insecure,
             },
             accounts: owned,
         });
@@ -655,8 +682,8 @@ pub fn parse_credentials(v: &str) -> Result<Vec<Credential>, ConfigError> {
     if entries.is_empty() {
         return Err(bad(VAR, "has no secrets"));
     }
-    for entry in &entries {
-        refuse_placeholder(entry).map_err(|why| bad(VAR, why))?;
+    for (n, entry) in entries.iter().enumerate() {
+        refuse_placeholder(n + 1, entry).map_err(|why| bad(VAR, why))?;
     }
     let bare_count = entries.iter().filter(|e| split_label(e).is_none()).count();
     let mut out: Vec<Credential> = Vec::new();
@@ -690,19 +717,22 @@ pub fn parse_credentials(v: &str) -> Result<Vec<Credential>, ConfigError> {
 /// Entries that are evidently not a secret: a label with nothing after `=` (an unset
 /// template variable, as in `default=${SECRET}` expanded empty), a `=` with no label, or a
 /// template left unexpanded.
-fn refuse_placeholder(entry: &str) -> Result<(), String> {
-    if let Some(label) = entry.strip_suffix('=').filter(|l| is_label(l)) {
+fn refuse_placeholder(position: usize, entry: &str) -> Result<(), String> {
+    // Named by position and length, never by content: `abc=` may be a label with nothing
+    // after it, or a whole base64 secret.
+    if entry.strip_suffix('=').is_some_and(is_label) {
         return Err(format!(
-            "{label:?} has an empty secret (an unset template variable?); a bare secret that ends in '=' needs a label: label=secret"
+            "entry {position} ({} characters) ends in a single '=' with nothing after it: an empty secret (an unset template variable?), or a bare secret ending in '=' that needs a label: label=secret",
+            entry.chars().count()
         ));
     }
     if entry.starts_with('=') {
-        return Err(format!("an entry starts with '=' ({} characters): the label is missing", entry.len()));
+        return Err(format!("entry {position} ({} characters) starts with '=': the label is missing", entry.len()));
     }
     let secret = split_label(entry).map_or(entry, |(_, s)| s);
     if ["${", "$(", "{{", "}}"].iter().any(|t| secret.contains(t)) || (secret.starts_with('<') && secret.ends_with('>'))
     {
-        return Err("an entry looks like an unexpanded template".into());
+        return Err(format!("entry {position} looks like an unexpanded template"));
     }
     Ok(())
 }
@@ -830,6 +860,12 @@ mod tests {
         let mut v = vars.to_vec();
         v[4].1 = "ACC-1, nobody=ACC-9";
         assert_eq!(reconcile(&v).unwrap_err().var, "SINGAPAY_ACCOUNT_ID");
+        // A bare account with several credentials and none labelled default has no owner.
+        let mut v = vars.to_vec();
+        v[1].1 = "main=client-1, shop2=client-2";
+        v[2].1 = "main=secret-1,shop2=secret-2";
+        v[4].1 = "ACC-1, main=ACC-3, shop2=ACC-2";
+        assert!(reconcile(&v).unwrap_err().why.contains("entry 1 has no label="));
     }
 
     #[test]
@@ -854,6 +890,48 @@ mod tests {
         assert_eq!(c[0].label, "secret-1");
         assert_eq!(c[0].secret.expose_secret(), "abcdefghijklmnop==");
         assert!(parse_credentials("a=abcdefghijklmnop1,a=abcdefghijklmnop2").is_err());
+    }
+
+    /// A base64 secret with one `=` of padding is refused (it reads as a label with an empty
+    /// secret) by position and length, never echoed.
+    #[test]
+    fn a_refused_secret_is_named_by_position_and_length_not_content() {
+        let secret = "c2VjcmV0c2VjcmV0c2VjcmV0MTIzNA=";
+        let err = parse_credentials(&format!("main=abcdefghijklmnopqr,{secret}")).unwrap_err();
+        assert!(err.why.contains("entry 2 (31 characters)"), "{err}");
+        assert!(!err.to_string().contains(&secret[..secret.len() - 1]), "{err}");
+    }
+
+    #[test]
+    fn the_api_is_singapays_over_tls_unless_insecure_is_allowed() {
+        let with = |url: &str, insecure: Option<&str>| {
+            let mut vars = API.to_vec();
+            vars[0].1 = url;
+            if let Some(v) = insecure {
+                vars.push(("SINGAPAY_API_ALLOW_INSECURE", v));
+            }
+            reconcile(&vars)
+        };
+        assert!(with("https://payment-b2b.singapay.id", None).is_ok());
+        assert!(with("https://sandbox-payment-b2b.singapay.id/", None).is_ok());
+        for url in [
+            "http://payment-b2b.singapay.id",
+            "https://payment-b2b.singapay.id.evil.example",
+            "https://evil.example",
+            "http://127.0.0.1:8090",
+            "https://payment-b2b.singapay.id:8443",
+        ] {
+            let e = with(url, None).unwrap_err();
+            assert_eq!(e.var, "SINGAPAY_API_URL", "{url}");
+            assert!(e.why.contains("SINGAPAY_API_ALLOW_INSECURE=1"), "{e}");
+        }
+        let dev = with("http://127.0.0.1:8090", Some("1")).unwrap().unwrap();
+        assert!(dev.credentials[0].api.allow_insecure);
+        assert!(!with("https://payment-b2b.singapay.id", None).unwrap().unwrap().credentials[0].api.allow_insecure);
+        assert_eq!(
+            with("https://payment-b2b.singapay.id", Some("yes")).unwrap_err().var,
+            "SINGAPAY_API_ALLOW_INSECURE"
+        );
     }
 
     #[test]

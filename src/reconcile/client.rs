@@ -24,6 +24,9 @@ pub struct ApiSettings {
     pub partner_id: String,
     /// Each request's limit, connecting included.
     pub timeout: Duration,
+    /// `SINGAPAY_API_ALLOW_INSECURE=1`: any URL, plain http, and answers the local `sandbox`
+    /// marks as its own (`X-Singapay-Sandbox`) are taken. Off, such answers are refused.
+    pub allow_insecure: bool,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -34,6 +37,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("client_secret", &"[redacted]")
             .field("partner_id", &self.partner_id)
             .field("timeout", &self.timeout)
+            .field("allow_insecure", &self.allow_insecure)
             .finish()
     }
 }
@@ -87,6 +91,18 @@ pub enum AskError {
     Forbidden(String),
     #[error("no access token: {0}")]
     TokenUnavailable(String),
+    /// The answer came from the local `sandbox`, which any process on its port can script.
+    #[error("{0}")]
+    Untrusted(String),
+}
+
+/// The header the local `sandbox` puts on every answer.
+pub const SANDBOX_MARK: &str = "x-singapay-sandbox";
+
+fn untrusted(base_url: &str) -> String {
+    format!(
+        "the API at {base_url} is the local sandbox (its answers say X-Singapay-Sandbox): set SINGAPAY_API_ALLOW_INSECURE=1 to develop against it, never in production"
+    )
 }
 
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -146,6 +162,9 @@ impl ApiClient {
             .send()
             .await;
         let response = sent.map_err(|e| AskError::TokenUnavailable(without_url(&e)))?;
+        if !s.allow_insecure && response.headers().contains_key(SANDBOX_MARK) {
+            return Err(AskError::Untrusted(untrusted(&s.base_url)));
+        }
         let status = response.status().as_u16();
         let (body, truncated) =
             bounded_body(response).await.map_err(|e| AskError::TokenUnavailable(without_url(&e)))?;
@@ -202,11 +221,11 @@ impl ApiClient {
         identity: &[(&'static str, String)],
     ) -> Result<Exchange, AskError> {
         let raw = self.call(request).await?;
-        let answer = match raw.http_status {
-            Some(status) if raw.failed.is_none() => {
-                inquiry::read_answer_bounded(reading, identity, status, &raw.body, raw.truncated)
-            }
-            _ => Answer::RetryLater { reason: raw.failed.clone().unwrap_or_else(|| "no answer".into()) },
+        let answer = match (raw.http_status, &raw.failed) {
+            (Some(status), None) => inquiry::read_answer_bounded(reading, identity, status, &raw.body, raw.truncated),
+            // A redirect: an answer that cannot be applied.
+            (Some(_), Some(why)) => Answer::Unreadable { reason: why.clone() },
+            (None, why) => Answer::RetryLater { reason: why.clone().unwrap_or_else(|| "no answer".into()) },
         };
         Ok(exchange_of(request, raw, answer))
     }
@@ -226,7 +245,8 @@ impl ApiClient {
             let request = InquiryRequest { method: Method::Get, path: inquiry::list_page(list, page), body: None };
             let raw = self.call(&request).await?;
             let read = match (&raw.failed, raw.http_status) {
-                (Some(why), _) => ListPage::Other(Answer::RetryLater { reason: why.clone() }),
+                (Some(why), Some(_)) => ListPage::Other(Answer::Unreadable { reason: why.clone() }),
+                (Some(why), None) => ListPage::Other(Answer::RetryLater { reason: why.clone() }),
                 (None, None) => ListPage::Other(Answer::RetryLater { reason: "no answer".into() }),
                 (None, Some(status)) => inquiry::read_list(status, &raw.body, reff_no, raw.truncated),
             };
@@ -316,11 +336,34 @@ impl ApiClient {
         let received = async {
             let response = builder.send().await?;
             let status = response.status().as_u16();
+            let marked = response.headers().contains_key(SANDBOX_MARK);
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|l| inquiry::bounded(&String::from_utf8_lossy(l.as_bytes())));
             let (body, truncated) = bounded_body(response).await?;
-            Ok::<_, reqwest::Error>((status, body, truncated))
+            Ok::<_, reqwest::Error>((status, body, truncated, location, marked))
         };
         match received.await {
-            Ok((status, body, truncated)) => {
+            Ok((status, body, truncated, _, true)) if !self.settings.allow_insecure => Raw {
+                http_status: Some(status),
+                body,
+                truncated,
+                failed: Some(untrusted(&self.settings.base_url)),
+                retried_with_new_token: false,
+            },
+            // A redirect is not followed and not read: recorded with where it pointed.
+            Ok((status @ 300..=399, body, truncated, location, _)) => Raw {
+                http_status: Some(status),
+                body,
+                truncated,
+                failed: Some(format!(
+                    "HTTP {status}: a redirect to {}, not followed",
+                    location.as_deref().unwrap_or("(no Location)")
+                )),
+                retried_with_new_token: false,
+            },
+            Ok((status, body, truncated, _, _)) => {
                 Raw { http_status: Some(status), body, truncated, failed: None, retried_with_new_token: false }
             }
             Err(e) => {

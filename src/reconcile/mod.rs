@@ -233,6 +233,14 @@ impl Reconciler {
             .iter()
             .map(|c| ApiClient::new(c.api.clone(), clock.clone()))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        for c in settings.credentials.iter().filter(|c| c.api.allow_insecure) {
+            tracing::warn!(
+                credential = %c.label,
+                api = %c.api.base_url,
+                "SINGAPAY_API_ALLOW_INSECURE=1: statuses are taken from {} (any host, plain http, the local sandbox); never in production",
+                c.api.base_url
+            );
+        }
         let who = format!("{who}:{}:{:08x}", std::process::id(), rand::random::<u32>());
         Ok(Arc::new(Reconciler {
             pool,
@@ -359,8 +367,27 @@ impl Reconciler {
         Ok(found.added)
     }
 
+    /// Ends the pauses whose time is over: asking tries again, and their gauges read 0 (an
+    /// alert on them stops even if nothing is asked with that credential or account).
+    fn expire_pauses(&self) {
+        let mut halts = self.halts.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let over: Vec<String> = halts.iter().filter(|(_, h)| now >= h.until).map(|(s, _)| s.clone()).collect();
+        for scope in over {
+            halts.remove(&scope);
+            tracing::info!(scope = %scope, "reconciliation pause over: asking again");
+            let (credential, account) = scope.split_once('/').unwrap_or((&scope, ""));
+            gauge!(metric::RECONCILE_PAUSED, "credential" => credential.to_owned(), "account" => account.to_owned())
+                .set(0.0);
+        }
+        if halts.is_empty() {
+            gauge!(metric::RECONCILE_HALTED).set(0.0);
+        }
+    }
+
     /// The cause when every credential and account is paused (nothing can be asked).
     fn halted(&self) -> Option<String> {
+        self.expire_pauses();
         let halts = self.halts.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let live = |scope: &str| halts.get(scope).filter(|h| now < h.until);
@@ -476,7 +503,13 @@ impl Reconciler {
             .candidates(known.credential.as_deref())
             .into_iter()
             .filter_map(|(i, account)| inquiry::lookup(&subject, &account).map(|l| (i, account, l)))
-            .collect();
+            .fold(Vec::new(), |mut unique: Vec<(usize, String, Lookup)>, (i, account, l)| {
+                // A path without an account (direct debit) is asked once per credential.
+                if !unique.iter().any(|(j, _, m)| *j == i && *m == l) {
+                    unique.push((i, account, l));
+                }
+                unique
+            });
         if lookups.is_empty() {
             let why = "the identifier its inquiry needs (reference_number or id) is not known".to_owned();
             return Ok(Err((Next::GiveUp(why.clone()), why)));
@@ -726,6 +759,11 @@ impl Reconciler {
                             label,
                             e.to_string(),
                             "ask Singapay to whitelist this machine's public IP address for the API",
+                        ),
+                        AskError::Untrusted(_) => self.stop(
+                            label,
+                            e.to_string(),
+                            "point SINGAPAY_API_URL at https://payment-b2b.singapay.id (or the sandbox host)",
                         ),
                         AskError::TokenUnavailable(_) => {
                             tracing::warn!(credential = label, error = %e, "no access token from Singapay; asking again later")

@@ -450,6 +450,7 @@ impl SandboxApi {
             client_secret: SecretString::from("secret-1".to_owned()),
             partner_id: "partner-1".into(),
             timeout,
+            allow_insecure: true,
         };
         ApiClient::new(settings, Arc::new(move || now)).unwrap()
     }
@@ -481,6 +482,7 @@ impl SandboxApi {
             client_secret: SecretString::from("secret-1".to_owned()),
             partner_id: "partner-1".into(),
             timeout,
+            allow_insecure: true,
         }
     }
 

@@ -144,6 +144,7 @@ async fn every_bad_value_stops_start_up_with_one_line_naming_it() {
         // Half of reconciliation's credentials: the error names what is missing and what
         // turned it on.
         ("SINGAPAY_API_URL", "https://payment-b2b.singapay.id", vec!["serve"]),
+        ("SINGAPAY_API_ALLOW_INSECURE", "yes", vec!["serve"]),
         ("SINGAPAY_CLIENT_ID", "client-1", vec!["serve"]),
         ("SINGAPAY_CLIENT_SECRET", "secret-1", vec!["serve"]),
         ("SINGAPAY_CLIENT_SECRET_FILE", "/nonexistent/client-secret", vec!["serve"]),

@@ -15,6 +15,7 @@ use crate::process::{self, env, Server};
 fn api_settings(api: &SandboxApi) -> Vec<(String, String)> {
     env(&[
         ("SINGAPAY_API_URL", &api.url),
+        ("SINGAPAY_API_ALLOW_INSECURE", "1"),
         ("SINGAPAY_CLIENT_ID", "client-1"),
         ("SINGAPAY_CLIENT_SECRET", "secret-1"),
         ("SINGAPAY_PARTNER_ID", "partner-1"),

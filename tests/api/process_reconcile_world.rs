@@ -18,6 +18,7 @@ fn api_env(api: &SandboxApi, database_url: &str) -> Vec<(String, String)> {
     env(&[
         ("DATABASE_URL", database_url),
         ("SINGAPAY_API_URL", &api.url),
+        ("SINGAPAY_API_ALLOW_INSECURE", "1"),
         ("SINGAPAY_CLIENT_ID", "client-1"),
         ("SINGAPAY_CLIENT_SECRET", "secret-1"),
         ("SINGAPAY_PARTNER_ID", "partner-1"),

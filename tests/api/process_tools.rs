@@ -334,6 +334,7 @@ async fn the_sandbox_command_stands_in_for_singapays_api() {
         client_secret: secrecy::SecretString::from("sandbox-secret".to_owned()),
         partner_id: "sandbox-partner".into(),
         timeout: std::time::Duration::from_secs(5),
+        allow_insecure: true,
     };
     let client = ApiClient::new(settings, std::sync::Arc::new(chrono::Utc::now)).unwrap();
     let ask = |reference: &'static str| {
