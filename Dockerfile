@@ -20,12 +20,17 @@ RUN touch src/main.rs src/lib.rs \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/singapay-webhooks /usr/local/bin/singapay-webhooks
 USER nonroot:nonroot
+# 8080: callbacks (public, behind the load balancer and ALLOWED_SOURCE_CIDRS). 9090: the
+# admin listener, /metrics, /healthz and /readyz for the orchestrator's probes and scraper,
+# with no allowlist: reachable on the container network, never routed publicly.
 ENV LISTEN_ADDR=0.0.0.0:8080 \
+    ADMIN_LISTEN_ADDR=0.0.0.0:9090 \
     LOG_FORMAT=json
-EXPOSE 8080
-# Liveness (/healthz): the process answers. Not readiness: a Postgres outage, which the
-# receiver rides out (503 + Retry-After, Singapay retries), or a drain after SIGTERM must
-# not get the container restarted. Load balancers and Kubernetes probe /readyz themselves.
+EXPOSE 8080 9090
+# Liveness (/healthz on the admin listener, so ALLOWED_SOURCE_CIDRS cannot refuse it): the
+# process answers. Not readiness: a Postgres outage, which the receiver rides out (503 +
+# Retry-After, Singapay retries), or a drain after SIGTERM must not get the container
+# restarted. Load balancers and Kubernetes probe /readyz themselves.
 HEALTHCHECK --interval=15s --timeout=6s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/singapay-webhooks", "healthcheck", "--live"]
 # SIGTERM drains for SHUTDOWN_DRAIN_SECS (15 s), then waits up to SHUTDOWN_TIMEOUT_SECS

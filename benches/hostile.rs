@@ -55,6 +55,7 @@ impl Receiver {
             .env("DATABASE_URL", url)
             .env("SINGAPAY_WEBHOOK_SECRETS", format!("bench={SECRET}"))
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("ADMIN_LISTEN_ADDR", "off")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

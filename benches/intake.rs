@@ -345,6 +345,7 @@ impl Receiver {
             .env("DATABASE_URL", url)
             .env("SINGAPAY_WEBHOOK_SECRETS", format!("bench={SECRET}"))
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("ADMIN_LISTEN_ADDR", "off")
             .env_remove("RUST_LOG")
             // Extra settings for experiments, e.g. BENCH_SERVER_ENV="INTAKE_WRITERS=2 TOKIO_WORKER_THREADS=1".
             .envs(

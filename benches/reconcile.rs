@@ -161,6 +161,7 @@ fn main() {
             partner_id: "bench-partner".into(),
             token_ttl_secs: 3600,
             accounts: Vec::new(),
+            control_token: "bench-control".into(),
             clock: Arc::new(Utc::now),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -182,7 +183,7 @@ fn main() {
                 .unwrap();
             for i in from..from + ANSWERED {
                 let body = serde_json::json!({ "id": format!("REF-{}", (i + 1) * 10), "answers": ["00"] });
-                http.post(format!("{url}/_sandbox/transactions")).json(&body).send().await.unwrap();
+                http.post(format!("{url}/_sandbox/transactions")).header("X-Sandbox-Token", "bench-control").json(&body).send().await.unwrap();
             }
             let rec = Reconciler::new(pool.clone(), settings(&url, concurrency), Arc::new(Utc::now), "bench").unwrap();
             let t = Instant::now();

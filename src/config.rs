@@ -62,6 +62,7 @@ pub const VARIABLES: &[&str] = &[
     "LOG_FORMAT",
     "RUST_LOG",
     "RETENTION_DAYS",
+    "BEARER_RETENTION_HOURS",
     "SHUTDOWN_TIMEOUT_SECS",
     "SHUTDOWN_DRAIN_SECS",
     "MAX_CONNECTIONS",
@@ -84,6 +85,8 @@ pub const VARIABLES: &[&str] = &[
     "RECONCILE_NOT_FOUND_ATTEMPTS",
     "RECONCILE_UNREADABLE_ATTEMPTS",
     "RECONCILE_INTERVAL_SECS",
+    "SANDBOX_CONTROL_TOKEN",
+    "SANDBOX_CLIENT_SECRET",
 ];
 
 /// How the receiver behaves; everything `serve` needs except the database URL.
@@ -91,7 +94,10 @@ pub const VARIABLES: &[&str] = &[
 pub struct Settings {
     pub credentials: Vec<Credential>,
     pub listen_addr: SocketAddr,
-    /// Separate listener for `/metrics`; `None` serves it on `listen_addr`.
+    /// The admin listener: `/metrics`, `/healthz` and `/readyz` for the orchestrator and
+    /// scrapers, with no allowlist (keep it private); `127.0.0.1:9090` unless
+    /// `ADMIN_LISTEN_ADDR` says otherwise. `None` (`ADMIN_LISTEN_ADDR=off`): no admin
+    /// listener, and `/metrics` is served on `listen_addr` behind `ALLOWED_SOURCE_CIDRS`.
     pub admin_listen_addr: Option<SocketAddr>,
     /// Source allowlist for callbacks; `None` allows every source.
     pub allowed_source_cidrs: Option<Vec<IpNet>>,
@@ -158,17 +164,22 @@ impl fmt::Debug for Settings {
     }
 }
 
-/// Intake writers by default: one per two cores, between 1 and 4, and never more than the
-/// pool. One writer takes the largest batches, which costs Postgres and the receiver the
-/// least per callback (measured: `cargo bench --bench intake`); more writers overlap one
-/// batch's commit with the next batch's statements, which pays once there are cores to
-/// spare.
+/// Intake writers by default: one per two cores, between 2 and 4, leaving the pool one
+/// connection for everything else (so 1 writer with a pool of 2 or fewer). One writer
+/// takes the largest batches, which costs Postgres and the receiver the least per callback
+/// (measured: `cargo bench --bench intake`); but while a writer waits to try again a
+/// callback whose transaction another session has locked (about a second at most), a
+/// second writer keeps storing the others. More writers also overlap one batch's commit
+/// with the next batch's statements, which pays once there are cores to spare.
 pub fn default_writers(db_max_connections: u32) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / 2).clamp(1, 4).min(db_max_connections as usize)
+    (cores / 2).clamp(2, 4).min((db_max_connections as usize).saturating_sub(1)).max(1)
 }
 
 pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
+/// `/metrics`, `/healthz` and `/readyz` for this host only, unless `ADMIN_LISTEN_ADDR` says
+/// otherwise (the image sets `0.0.0.0:9090`, for the orchestrator's probes and scraper).
+pub const DEFAULT_ADMIN_LISTEN_ADDR: &str = "127.0.0.1:9090";
 pub const DEFAULT_WEBHOOK_PATH: &str = "/webhooks/singapay";
 
 /// Reads variables through `get`, so tests can supply their own environment.
@@ -239,6 +250,12 @@ impl<'a> Env<'a> {
         Ok(self.ranged("RETENTION_DAYS", 90, 1, 36_500)? as u32)
     }
 
+    /// How long `prune` keeps a callback's bearer token (for `verify`) before it keeps only
+    /// its SHA-256.
+    pub fn bearer_retention_hours(&self) -> Result<u32, ConfigError> {
+        Ok(self.ranged("BEARER_RETENTION_HOURS", 24, 1, 876_000)? as u32)
+    }
+
     /// Where `dev` and the tests find PostgreSQL's server binaries, when set.
     pub fn pg_bin_dir(&self) -> Option<String> {
         self.raw("PG_BIN_DIR")
@@ -288,13 +305,14 @@ impl<'a> Env<'a> {
             parse_path("WEBHOOK_PATH", self.raw("WEBHOOK_PATH").as_deref().unwrap_or(DEFAULT_WEBHOOK_PATH))?;
         let signed_path_prefix =
             self.raw("SIGNED_PATH_PREFIX").map(|p| parse_path("SIGNED_PATH_PREFIX", &p)).transpose()?;
-        let admin_listen_addr = match self.raw("ADMIN_LISTEN_ADDR") {
-            None => None,
-            Some(v) => Some(
-                v.trim().parse().map_err(|_| bad("ADMIN_LISTEN_ADDR", format!("{:?} is not host:port", v.trim())))?,
-            ),
+        let admin_listen_addr: Option<SocketAddr> = match self.raw("ADMIN_LISTEN_ADDR").map(|v| v.trim().to_owned()) {
+            None => Some(DEFAULT_ADMIN_LISTEN_ADDR.parse().expect("valid default")),
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) => {
+                Some(v.parse().map_err(|_| bad("ADMIN_LISTEN_ADDR", format!("{v:?} is neither host:port nor off")))?)
+            }
         };
-        if admin_listen_addr == Some(listen_addr) {
+        if admin_listen_addr == Some(listen_addr) && listen_addr.port() != 0 {
             return Err(bad("ADMIN_LISTEN_ADDR", "must differ from LISTEN_ADDR"));
         }
         let allowed_source_cidrs =

@@ -26,6 +26,12 @@ impl Application {
     /// system clock, Prometheus recorder installed.
     pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Application> {
         let (listener, admin) = bind(&settings).await?;
+        if admin.is_none() && settings.allowed_source_cidrs.is_none() && !settings.listen_addr.ip().is_loopback() {
+            tracing::warn!(
+                listen_addr = %settings.listen_addr,
+                "ADMIN_LISTEN_ADDR=off without ALLOWED_SOURCE_CIDRS: /metrics is served to every source on LISTEN_ADDR"
+            );
+        }
         let mut state = AppState::new(pool, settings);
         state.metrics = Some(crate::telemetry::metrics());
         Ok(Application { listener, admin, state })
@@ -34,6 +40,12 @@ impl Application {
     /// Where callbacks arrive (the port chosen, when the setting said 0).
     pub fn address(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served for the orchestrator
+    /// (`ADMIN_LISTEN_ADDR`); `None` when the admin listener is off.
+    pub fn admin_address(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr)
     }
 
     /// Replaces the clock (tests replay a vector at its own timestamp).
@@ -48,7 +60,8 @@ impl Application {
     }
 }
 
-/// Serves callbacks on `listener` (and `/metrics` on `admin` when given) until a signal.
+/// Serves callbacks on `listener` (and `/metrics`, health and readiness on `admin` when
+/// given) until a signal.
 ///
 /// On SIGTERM (an orchestrator stopping this replica) it first drains for
 /// `SHUTDOWN_DRAIN_SECS`: `/readyz` answers 503 and every response closes its connection,

@@ -1,5 +1,6 @@
-//! `healthcheck`: asks the local receiver's `/readyz` (or `/healthz` with `--live`) and
-//! exits 0 only on 200, for the container HEALTHCHECK (no curl in the image).
+//! `healthcheck`: asks the local receiver's `/readyz` (or `/healthz` with `--live`) on its
+//! admin listener (`ADMIN_LISTEN_ADDR`; with `off`, on `LISTEN_ADDR`) and exits 0 only on
+//! 200, for the container HEALTHCHECK (no curl in the image).
 
 use std::time::Duration;
 
@@ -10,7 +11,10 @@ use tokio::net::TcpStream;
 use crate::config::Env;
 
 pub async fn healthcheck(env: &Env<'_>, live: bool) -> Result<()> {
-    let addr = super::local(env.settings(false)?.listen_addr);
+    // The admin listener when there is one: the public port may refuse this host
+    // (ALLOWED_SOURCE_CIDRS).
+    let settings = env.settings(false)?;
+    let addr = super::local(settings.admin_listen_addr.unwrap_or(settings.listen_addr));
     let path = if live { "/healthz" } else { "/readyz" };
     let ask = async {
         let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;

@@ -113,16 +113,22 @@ async fn pass(reconciler: &Arc<Reconciler>, key: Option<&str>, (singapay_id, ref
     for (scope, cause) in &report.paused {
         super::say(format!("paused  {scope}: {cause}"));
     }
+    for o in &report.outcomes {
+        super::say(line(o));
+    }
     if let Some(cause) = &report.halted {
         bail!("Singapay refused this receiver: {cause}");
+    }
+    if report.failed > 0 {
+        bail!(
+            "{} checks could not be recorded (see the log); they are asked again when their lease ends",
+            report.failed
+        );
     }
     if let Some(key) = key {
         if report.discovered == 0 {
             bail!("{key:?} is neither stored nor the key of a product Singapay can be asked about");
         }
-    }
-    for o in &report.outcomes {
-        super::say(line(o));
     }
     super::say(format!("reconcile: {} new checks, {} asked about", report.discovered, report.outcomes.len()));
     Ok(())

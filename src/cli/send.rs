@@ -42,12 +42,18 @@ fn type_help() -> String {
 pub struct SendArgs {
     #[arg(value_parser = parse_type, help = type_help())]
     pub webhook_type: WebhookType,
-    /// Where to POST, e.g. http://127.0.0.1:8080/webhooks/singapay
+    /// Where to POST, e.g. http://127.0.0.1:8080/webhooks/singapay. Signing with the secret
+    /// of SINGAPAY_WEBHOOK_SECRETS (not one `dev` made), only this machine (localhost,
+    /// 127.0.0.0/8, ::1) unless --i-mean-production.
     #[arg(long)]
     pub url: String,
     /// The secret to sign with (default: the first of SINGAPAY_WEBHOOK_SECRETS).
     #[arg(long)]
     pub secret: Option<String>,
+    /// Sign with the secret of SINGAPAY_WEBHOOK_SECRETS (the environment or .env) for a --url
+    /// that is not this machine: a callback that production would accept.
+    #[arg(long)]
+    pub i_mean_production: bool,
     /// Sign with a random secret instead (the receiver must answer 401).
     #[arg(long)]
     pub wrong_secret: bool,
@@ -107,6 +113,26 @@ pub struct SendArgs {
     /// a fault such as SP005, SP009, hang).
     #[arg(long, value_delimiter = ',', requires = "sandbox")]
     pub sandbox_answers: Vec<String>,
+    /// The sandbox's control token (it prints it at start), sent as X-Sandbox-Token; else the
+    /// environment's SANDBOX_CONTROL_TOKEN.
+    #[arg(long, value_name = "TOKEN", requires = "sandbox")]
+    pub sandbox_token: Option<String>,
+}
+
+/// Whether `url` names this machine: `localhost`, `127.0.0.0/8` or `::1`.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A secret `dev` generated (`dev=dev_<48 hex digits>` in SINGAPAY_WEBHOOK_SECRETS): it
+/// signs for nothing but a local receiver.
+fn is_dev_secret(credential: &crate::singapay::signature::Credential) -> bool {
+    use secrecy::ExposeSecret;
+    let secret = credential.secret.expose_secret();
+    credential.label == "dev"
+        && secret.strip_prefix("dev_").is_some_and(|h| h.len() == 48 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn random_hex(n: usize) -> String {
@@ -156,8 +182,21 @@ fn http_message(s: &Signed, host: &str) -> String {
 }
 
 pub async fn send(env: &Env<'_>, args: SendArgs) -> Result<()> {
-    let configured = env.settings(false)?.credentials.first().map(|c| c.secret.clone());
+    let configured = env.settings(false)?.credentials.into_iter().next();
     let url = reqwest::Url::parse(&args.url).with_context(|| format!("--url {:?} is not a URL", args.url))?;
+    // The configured secret is production's unless `dev` made it: it signs for this machine
+    // only, unless asked in so many words. Checked before anything is built or sent.
+    let production_secret =
+        !args.wrong_secret && args.secret.is_none() && configured.as_ref().is_some_and(|c| !is_dev_secret(c));
+    if production_secret && !is_loopback(&url) && !args.i_mean_production {
+        bail!(
+            "refusing to sign with the secret of SINGAPAY_WEBHOOK_SECRETS (from the environment or .env) \
+             for --url {}, which is not this machine (localhost, 127.0.0.0/8, ::1): pass --i-mean-production \
+             to send a callback production would accept, or --secret with a test secret",
+            url.host_str().map_or_else(|| url.as_str().to_owned(), |h| format!("{}://{h}", url.scheme()))
+        );
+    }
+    let configured = configured.map(|c| c.secret);
     let mut endpoint = url.path().to_owned();
     if let Some(q) = url.query() {
         endpoint = format!("{endpoint}?{q}");
@@ -209,7 +248,12 @@ pub async fn send(env: &Env<'_>, args: SendArgs) -> Result<()> {
         .timeout(std::time::Duration::from_secs(30))
         .build()?;
     if let (Some(sandbox), Some((_, body))) = (&args.sandbox, bodies.first()) {
-        script_sandbox(&client, sandbox, body, &args.sandbox_answers, args.dry_run).await?;
+        let token = match &args.sandbox_token {
+            Some(token) => Some(token.clone()),
+            None => std::env::var("SANDBOX_CONTROL_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+        };
+        let to = SandboxAt { url: sandbox, token: token.as_deref() };
+        script_sandbox(&client, &to, body, &args.sandbox_answers, args.dry_run).await?;
     }
     let host = url.host_str().unwrap_or("localhost").to_owned();
     let mut all_ok = true;
@@ -247,11 +291,17 @@ pub async fn send(env: &Env<'_>, args: SendArgs) -> Result<()> {
     Ok(())
 }
 
+/// A local `sandbox` and its control token.
+struct SandboxAt<'a> {
+    url: &'a str,
+    token: Option<&'a str>,
+}
+
 /// Tells the sandbox what to answer about the transaction `body` is about, under the
 /// identifier an inquiry about it names.
 async fn script_sandbox(
     client: &reqwest::Client,
-    sandbox: &str,
+    sandbox: &SandboxAt<'_>,
     body: &str,
     answers: &[String],
     dry_run: bool,
@@ -273,8 +323,19 @@ async fn script_sandbox(
     if matches!(change.product, Product::Qris | Product::PaymentLink | Product::Ewallet) {
         script["reff_no"] = webhook::key_id(&change.transaction_key).into();
     }
-    let url = format!("{}/_sandbox/transactions", sandbox.trim_end_matches('/'));
-    let resp = client.post(&url).json(&script).send().await.with_context(|| format!("POST {url}"))?;
+    let url = format!("{}/_sandbox/transactions", sandbox.url.trim_end_matches('/'));
+    let mut request = client.post(&url).json(&script);
+    if let Some(token) = sandbox.token {
+        request = request.header(crate::tools::sandbox::TOKEN_HEADER, token);
+    }
+    let resp = request.send().await.with_context(|| format!("POST {url}"))?;
+    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        bail!(
+            "the sandbox refused the script (401): pass its control token (printed when it started) with \
+             --sandbox-token or SANDBOX_CONTROL_TOKEN{}",
+            if sandbox.token.is_some() { "; the one given is not it" } else { "" }
+        );
+    }
     if !resp.status().is_success() {
         bail!("the sandbox refused the script: {} {}", resp.status(), resp.text().await.unwrap_or_default());
     }

@@ -38,6 +38,10 @@ pub struct VerifyArgs {
     /// Judge freshness at this Unix time instead of now.
     #[arg(long)]
     pub at: Option<i64>,
+    /// With --delivery/--rejection whose bearer token `prune` dropped (after
+    /// BEARER_RETENTION_HOURS): the token, checked against the SHA-256 kept in its place.
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 struct Captured {
@@ -101,16 +105,31 @@ fn parse_message(bytes: &[u8]) -> Result<Captured> {
     parse_parts(&head, body, "")
 }
 
-async fn from_database(database_url: &SecretString, kept: Kept, id: i64) -> Result<Captured> {
+async fn from_database(database_url: &SecretString, kept: Kept, id: i64, token: Option<&str>) -> Result<Captured> {
+    use sha2::{Digest, Sha256};
     let pool = store::pool(database_url, 1)?;
     let row = store::kept_request(&pool, kept, id).await.context("reading the stored request")?;
     pool.close().await;
     let row = row.with_context(|| format!("no row {id} in singapay.{}", kept.table()))?;
+    let bearer = match (row.access_token.is_empty(), token) {
+        (false, _) => row.access_token,
+        (true, None) => bail!(
+            "the bearer token of {} {id} was dropped (tokens are kept BEARER_RETENTION_HOURS); pass the token with --token to check it against its stored SHA-256",
+            kept.table()
+        ),
+        (true, Some(t)) => {
+            let given = Sha256::digest(t.as_bytes()).to_vec();
+            if row.access_token_sha256.as_deref() != Some(given.as_slice()) {
+                bail!("the token given with --token is not the one {} {id} arrived with (its SHA-256 differs)", kept.table());
+            }
+            t.to_owned()
+        }
+    };
     Ok(Captured {
         path_and_query: row.request_path,
         signature: Some(row.x_signature.into_bytes()),
         timestamp: row.x_timestamp.map(String::into_bytes),
-        authorization: Some(format!("Bearer {}", row.access_token).into_bytes()),
+        authorization: Some(format!("Bearer {bearer}").into_bytes()),
         partner_id: row.partner_id,
         body: row.body,
     })
@@ -130,11 +149,12 @@ pub async fn verify(env: &Env<'_>, args: VerifyArgs) -> Result<bool> {
             parse_parts(&String::from_utf8_lossy(&read(&headers)?), read(&body)?, &default_target)?
         }
         (None, Some(id), _) => {
-            from_database(&database_url.context("DATABASE_URL is required for --delivery")?, Kept::Delivery, id).await?
+            let url = database_url.context("DATABASE_URL is required for --delivery")?;
+            from_database(&url, Kept::Delivery, id, args.token.as_deref()).await?
         }
         (None, None, Some(id)) => {
-            from_database(&database_url.context("DATABASE_URL is required for --rejection")?, Kept::Rejection, id)
-                .await?
+            let url = database_url.context("DATABASE_URL is required for --rejection")?;
+            from_database(&url, Kept::Rejection, id, args.token.as_deref()).await?
         }
         _ => bail!("give --request, --headers with --body, --delivery or --rejection"),
     };

@@ -7,7 +7,6 @@ use axum::Json;
 use serde_json::json;
 
 use super::AppState;
-use crate::store;
 use crate::telemetry::Throttled;
 
 /// Liveness: the process answers.
@@ -15,24 +14,21 @@ pub async fn live() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Readiness: not shutting down, Postgres answers, and every embedded migration is
-/// applied. A failure is logged as one WARN line, at most once a minute during an outage.
+/// Readiness: not shutting down, and intake can write: Postgres answers, the database is
+/// not read-only, the role holds the privileges intake needs, every embedded migration is
+/// applied, and the last write was not refused as a whole (until a write commits again or
+/// the probe shows the cause gone). One probe query at most about once a second, however
+/// often this is asked ([`crate::intake::READINESS_CACHE`]). A failure is logged as one
+/// WARN line, at most once a minute during an outage.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let (code, message) = if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         ("shutting_down", "This replica is shutting down; send callbacks to another one.")
     } else {
-        let (code, message, error) = match store::migrations_applied(&state.pool).await {
-            Ok(true) => return Json(json!({ "status": "ready" })).into_response(),
-            Ok(false) => {
-                ("migrations_pending", "Database migrations are not applied; run `singapay-webhooks migrate`.", None)
-            }
-            // No `_sqlx_migrations` table: nothing was ever migrated.
-            Err(e) if store::is_transient(&e) || store::is_schema_behind(&e) => {
-                let (code, message) = store::unavailable_reason(&e);
-                (code, message, Some(e))
-            }
-            Err(e) => ("storage_unavailable", "Postgres answered the readiness check with an error.", Some(e)),
+        let (refusal, error) = match state.intake.readiness().check(&state.pool).await {
+            Ok(()) => return Json(json!({ "status": "ready" })).into_response(),
+            Err(failed) => failed,
         };
+        let (code, message) = (refusal.code(), refusal.message());
         static NOT_READY: Throttled = Throttled::new(Duration::from_secs(60));
         let detail = error.map(|e| format!(" ({e})")).unwrap_or_default();
         if let Some(repeats) = NOT_READY.due() {

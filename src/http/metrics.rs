@@ -1,6 +1,8 @@
-//! `GET /metrics`: Prometheus text. Counters and histograms are recorded as callbacks are
-//! handled; pool usage is read at scrape time, and the queue's depth from Postgres at most
-//! once every [`QUEUE_GAUGES_EVERY`], however often and however many scrapers ask.
+//! `GET /metrics`: Prometheus text, on the admin listener (or, with `ADMIN_LISTEN_ADDR=off`,
+//! on the public port behind `ALLOWED_SOURCE_CIDRS`). Counters and histograms are recorded
+//! as callbacks are handled; pool usage is read at scrape time, and the queue's depth from
+//! Postgres at most once every [`QUEUE_GAUGES_EVERY`], however often and however many
+//! scrapers ask, by a query whose cost does not grow with the history kept.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use metrics::gauge;
 
 use super::AppState;
-use crate::store;
 use crate::telemetry::metric;
 
 pub async fn render(State(state): State<AppState>) -> Response {
@@ -27,8 +28,8 @@ pub async fn render(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
-/// How stale the queue gauges may be. Counting the queue reads the table; a scrape (or 64
-/// at once, from a public port) must not turn into that much work for Postgres.
+/// How stale the queue gauges may be. Reading them costs Postgres a little (see
+/// [`crate::store::QUEUE_GAUGES`]); a scrape, or 64 at once, must not turn into that much work each.
 pub const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// Refreshes the queue gauges when they are older than [`QUEUE_GAUGES_EVERY`]. One scrape
@@ -39,17 +40,16 @@ async fn read_queue_gauges(state: &AppState) {
         return;
     }
     *read_at = Some(Instant::now());
-    let pool = &state.pool;
-    let query = store::queue_depth(pool);
+    let query = crate::store::queue_gauges(&state.pool);
     // A scrape must not hang on an unreachable database; the series keep their last values.
     match tokio::time::timeout(Duration::from_secs(2), query).await {
-        Ok(Ok(rows)) => {
-            for row in rows {
-                if row.state == "available" {
-                    gauge!(metric::QUEUE_DUE).set(row.due as f64);
-                    gauge!(metric::QUEUE_OLDEST_DUE_AGE).set(row.oldest_due_secs);
-                }
-                gauge!(metric::QUEUE_EVENTS, "state" => row.state).set(row.events as f64);
+        Ok(Ok(g)) => {
+            gauge!(metric::QUEUE_DUE).set(g.due as f64);
+            gauge!(metric::QUEUE_OLDEST_DUE_AGE).set(g.oldest_due_secs);
+            for (state, events) in
+                [("available", g.available), ("running", g.running), ("done", g.done), ("dead", g.dead)]
+            {
+                gauge!(metric::QUEUE_EVENTS, "state" => state).set(events as f64);
             }
         }
         Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not available for /metrics"),

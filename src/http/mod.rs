@@ -1,8 +1,8 @@
-//! The HTTP surface: callbacks under `WEBHOOK_PATH`, health and readiness.
+//! The HTTP surface: callbacks under `WEBHOOK_PATH`, health and readiness, metrics.
 
 mod error;
 mod health;
-mod metrics;
+pub mod metrics;
 pub mod server;
 pub mod source;
 mod webhook;
@@ -72,7 +72,8 @@ impl AppState {
     }
 }
 
-/// `/metrics` (with health and readiness) on its own listener, for `ADMIN_LISTEN_ADDR`.
+/// The admin listener (`ADMIN_LISTEN_ADDR`, 127.0.0.1:9090 by default): `/metrics`, health
+/// and readiness for the orchestrator and its scraper. No allowlist: the port is private.
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics::render))
@@ -81,12 +82,18 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The public port (`LISTEN_ADDR`): callbacks, and health and readiness for a load balancer.
+/// Everything here is behind `ALLOWED_SOURCE_CIDRS`, callbacks or not: a load balancer's
+/// health check must come from an allowed address (or use the admin port). `/metrics` is
+/// here only when the admin listener is off (`ADMIN_LISTEN_ADDR=off`).
 pub fn router(state: AppState) -> Router {
     let state_for_drain = state.draining.clone();
     let mut r = Router::new().route("/healthz", get(health::live)).route("/readyz", get(health::ready));
     if state.settings.admin_listen_addr.is_none() {
         r = r.route("/metrics", get(metrics::render));
     }
+    // Only on the routes above (an unknown path is a 404 whoever asks).
+    let r = r.route_layer(from_fn_with_state(state.clone(), source::allowlist));
     // The callback handler with the layers every callback passes: observation outermost,
     // then the source allowlist.
     let callbacks: Router = Router::new()

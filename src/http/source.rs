@@ -1,4 +1,6 @@
-//! The optional source allowlist (`ALLOWED_SOURCE_CIDRS`), checked before any body work.
+//! The optional source allowlist (`ALLOWED_SOURCE_CIDRS`), checked before any body work,
+//! for everything on the public port (callbacks, health, readiness, and `/metrics` when the
+//! admin listener is off).
 //!
 //! `X-Forwarded-For` is believed only on connections from `TRUSTED_PROXY_CIDRS` (the load
 //! balancers); from any other peer it changes nothing, so whoever reaches the receiver
@@ -8,6 +10,7 @@
 //! written by the client itself and is ignored, so a spoofed header cannot buy access.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
@@ -16,10 +19,13 @@ use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 
 use super::{ApiError, AppState};
+use crate::telemetry::Throttled;
 
-/// The layer in front of the callback handler: with `ALLOWED_SOURCE_CIDRS` set, a request
-/// from elsewhere gets 403 before its body is read (logged by `webhook::observe`, with the
-/// address in the `client` field).
+/// The layer in front of everything on the public port — callbacks, `/healthz`, `/readyz`,
+/// and `/metrics` when it is served there: with `ALLOWED_SOURCE_CIDRS` set, a request from
+/// elsewhere gets 403 before its body is read. A refused callback is logged by
+/// `webhook::observe`, with the address in the `client` field; a refused probe or scrape by
+/// one WARN line a minute at most (a load balancer whose health checks are refused).
 pub async fn allowlist(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let settings = &state.settings;
     if let Some(allowlist) = &settings.allowed_source_cidrs {
@@ -28,8 +34,19 @@ pub async fn allowlist(State(state): State<AppState>, req: Request, next: Next) 
         let client = peer.and_then(|p| client_ip(p, req.headers(), proxies, settings.trusted_proxy_hops));
         if !client.is_some_and(|ip| allowed(allowlist, ip)) {
             let seen = client.or(peer).map(|ip| ip.to_string());
-            if let Some(notes) = req.extensions().get::<super::webhook::Notes>() {
-                notes.note(|f| f.client = seen);
+            match req.extensions().get::<super::webhook::Notes>() {
+                Some(notes) => notes.note(|f| f.client = seen),
+                None => {
+                    static REFUSED: Throttled = Throttled::new(Duration::from_secs(60));
+                    if let Some(repeats) = REFUSED.due() {
+                        tracing::warn!(
+                            client = seen.as_deref(),
+                            path = req.uri().path(),
+                            repeats_since_last_warning = repeats,
+                            "refused a request from outside ALLOWED_SOURCE_CIDRS: health checks and scrapers must come from an allowed address, or use ADMIN_LISTEN_ADDR"
+                        );
+                    }
+                }
             }
             return super::webhook::refused_unread(req.into_body(), ApiError::IpNotAllowed).await.into_response();
         }

@@ -192,6 +192,9 @@ pub struct PassReport {
     pub paused: Vec<(String, String)>,
     /// The pass stopped at its time limit with checks still due: the next one starts at once.
     pub more: bool,
+    /// Checks that could not be recorded (a store error) or whose task panicked: they are
+    /// taken again when their lease ends; `reconcile` exits non-zero.
+    pub failed: u64,
 }
 
 /// Overdue discovery looks only at what became overdue since the last complete one (less
@@ -335,9 +338,13 @@ impl Reconciler {
                 match done {
                     Ok(Ok(outcome)) => report.outcomes.push(outcome),
                     Ok(Err(e)) => {
+                        report.failed += 1;
                         tracing::warn!(error = %e, "a check could not be recorded; it is asked again once its lease ends")
                     }
-                    Err(e) => tracing::error!(error = %e, "a check panicked"),
+                    Err(e) => {
+                        report.failed += 1;
+                        tracing::error!(error = %e, "a check panicked; it is asked again once its lease ends")
+                    }
                 }
             }
             if let Some(cause) = self.halted() {

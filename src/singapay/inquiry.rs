@@ -430,7 +430,13 @@ impl Answer {
 
 /// The `response_code` of either envelope (`error.code` in v1's), upper-cased.
 fn response_code(v: &Value) -> Option<String> {
-    v.get("response_code").or_else(|| v.at(&["error", "code"])).and_then(text).map(|c| c.trim().to_ascii_uppercase())
+    // A code is a short word (`SP000`, `401`): anything else is not one, and never reaches a
+    // log line or a column.
+    v.get("response_code")
+        .or_else(|| v.at(&["error", "code"]))
+        .and_then(text)
+        .map(|c| c.trim().to_ascii_uppercase())
+        .filter(|c| c.len() <= 32 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)))
 }
 
 /// Reads a record's status, or `None` when `data` has none Singapay's model knows.
@@ -449,7 +455,12 @@ fn read_status(reading: Reading, data: &Value) -> Option<(String, Option<String>
             .iter()
             .filter_map(|k| data.get(k).and_then(text))
             .find_map(|s| status::status_from_money_in(&s.to_ascii_lowercase()).map(|s| (s.to_owned(), None))),
-        Reading::Binding => data.get("status").and_then(text).and_then(|s| status::own_status(&s)).map(|s| (s, None)),
+        Reading::Binding => data
+            .get("status")
+            .and_then(text)
+            .filter(|s| s.chars().all(|c| c.is_alphanumeric() || "_- ".contains(c)))
+            .and_then(|s| status::own_status(&s))
+            .map(|s| (s, None)),
     }
 }
 

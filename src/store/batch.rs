@@ -12,7 +12,7 @@
 //! between steps 1 and 4 makes an insert come back short; the batch then reports
 //! [`BatchError::Raced`] and is retried whole (the retry sees the other's commit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -116,9 +116,42 @@ pub const REPREPARE_EVERY: u64 = 256;
 /// for one callback with 2,000 rows stored, most of a lone callback's Postgres time.
 pub const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
-/// Writes `items` inside the caller's transaction; one answer per item, in order.
+/// Writes `items` inside the caller's transaction; one answer per item, in order. Waits
+/// for a transaction row another session has locked (up to `lock_timeout`): for `replay`,
+/// which writes one item.
 pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Written>, BatchError> {
-    let (locked, known) = read(conn, items).await?;
+    let attempt = write_items(conn, items, Locking::Wait).await?;
+    attempt.written.into_iter().map(|w| w.ok_or(BatchError::Raced("a locked transaction"))).collect()
+}
+
+/// What [`write_available`] did: one answer per item, in order, `None` for an item left
+/// out because a transaction it changes is locked by another session.
+#[derive(Debug)]
+pub struct Attempt {
+    pub written: Vec<Option<Written>>,
+    /// The transaction keys found locked by another session.
+    pub locked: Vec<String>,
+}
+
+/// Writes `items` inside the caller's transaction without waiting for a row lock: an item
+/// that would change a transaction another session has locked (a consumer, an open `psql`,
+/// a slow `replay`, another writer) is left out, answered `None`, for the caller to try
+/// again — and so is every later item that shares a transaction or a content with one left
+/// out, so that each transaction still sees its items in arrival order. The rest is
+/// written at once.
+pub async fn write_available(conn: &mut PgConnection, items: &[Write]) -> Result<Attempt, BatchError> {
+    write_items(conn, items, Locking::SkipLocked).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locking {
+    Wait,
+    SkipLocked,
+}
+
+async fn write_items(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Result<Attempt, BatchError> {
+    let Read { locked, known, busy } = read(conn, items, locking).await?;
+    let left_out = left_out(items, &busy);
     let reapplied = lock_reapplied(conn, items).await?;
 
     // Decide.
@@ -131,6 +164,10 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
     let mut delivery_updates: Vec<(i64, usize, Outcome)> = Vec::new();
     let mut fates = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
+        if left_out[i] {
+            fates.push(None);
+            continue;
+        }
         let fate = match item {
             Write::Deliver(_) | Write::Stale(_) => {
                 let sha = item.signed().map_or([0; 32], |s| s.content_sha256);
@@ -193,12 +230,12 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
                 Fate::Inquired { item: i, change }
             }
         };
-        fates.push(fate);
+        fates.push(Some(fate));
     }
 
     // Write. Inquiries first: their events name them.
     let mut inquiry_ids = HashMap::new();
-    for fate in &fates {
+    for fate in fates.iter().flatten() {
         if let Fate::Inquired { item, change } = fate {
             if let Write::Inquiry(q) = &items[*item] {
                 inquiry_ids.insert(*item, inquiries::record(conn, q, change.as_ref()).await?);
@@ -218,31 +255,34 @@ pub async fn write(conn: &mut PgConnection, items: &[Write]) -> Result<Vec<Writt
     let rejection_ids = insert_rejections(conn, items, &rejections).await?;
     update_reapplied(conn, items, &delivery_updates).await?;
 
-    Ok(fates
+    let written = fates
         .into_iter()
-        .map(|fate| match fate {
-            Fate::New { row, changes } => Written::Stored(Stored {
-                delivery_id: new_ids[row],
-                duplicate: false,
-                outcome: new_rows[row].outcome,
-                changes,
-            }),
-            Fate::Known { id, outcome } => {
-                Written::Stored(Stored { delivery_id: id, duplicate: true, outcome, changes: Vec::new() })
-            }
-            Fate::SameAsNew { row } => Written::Stored(Stored {
-                delivery_id: new_ids[row],
-                duplicate: true,
-                outcome: new_rows[row].outcome,
-                changes: Vec::new(),
-            }),
-            Fate::Rejected { row } => Written::Rejected { rejection_id: rejection_ids[row] },
-            Fate::Reapplied { id, outcome, changes } => {
-                Written::Stored(Stored { delivery_id: id, duplicate: false, outcome, changes })
-            }
-            Fate::Inquired { item, change } => Written::Inquired { inquiry_id: inquiry_ids[&item], change },
+        .map(|fate| {
+            fate.map(|fate| match fate {
+                Fate::New { row, changes } => Written::Stored(Stored {
+                    delivery_id: new_ids[row],
+                    duplicate: false,
+                    outcome: new_rows[row].outcome,
+                    changes,
+                }),
+                Fate::Known { id, outcome } => {
+                    Written::Stored(Stored { delivery_id: id, duplicate: true, outcome, changes: Vec::new() })
+                }
+                Fate::SameAsNew { row } => Written::Stored(Stored {
+                    delivery_id: new_ids[row],
+                    duplicate: true,
+                    outcome: new_rows[row].outcome,
+                    changes: Vec::new(),
+                }),
+                Fate::Rejected { row } => Written::Rejected { rejection_id: rejection_ids[row] },
+                Fate::Reapplied { id, outcome, changes } => {
+                    Written::Stored(Stored { delivery_id: id, duplicate: false, outcome, changes })
+                }
+                Fate::Inquired { item, change } => Written::Inquired { inquiry_id: inquiry_ids[&item], change },
+            })
         })
-        .collect())
+        .collect();
+    Ok(Attempt { written, locked: busy })
 }
 
 /// `webhook_type` of the events an inquiry's answer causes.
@@ -300,6 +340,46 @@ fn apply<'a>(
     (outcome, changes)
 }
 
+/// Which items to leave out of this transaction: those that change a transaction in
+/// `busy` (locked by another session), and every later item that shares a transaction or
+/// a content with one left out (its turn comes after that one's).
+fn left_out(items: &[Write], busy: &[String]) -> Vec<bool> {
+    if busy.is_empty() {
+        return vec![false; items.len()];
+    }
+    left_out_of(items.iter().map(|item| (item_keys(item).collect(), item.signed().map(|s| s.content_sha256))), busy)
+}
+
+/// [`left_out`] over each item's transaction keys and content.
+fn left_out_of<'a>(items: impl Iterator<Item = (Vec<&'a str>, Option<[u8; 32]>)>, busy: &'a [String]) -> Vec<bool> {
+    let mut keys: HashSet<&str> = busy.iter().map(String::as_str).collect();
+    let mut shas: HashSet<[u8; 32]> = HashSet::new();
+    items
+        .map(|(item_keys, sha)| {
+            let out = item_keys.iter().any(|k| keys.contains(k)) || sha.is_some_and(|s| shas.contains(&s));
+            if out {
+                keys.extend(item_keys);
+                shas.extend(sha);
+            }
+            out
+        })
+        .collect()
+}
+
+/// Every transaction key an item may change.
+fn item_keys(item: &Write) -> impl Iterator<Item = &str> {
+    let classification = match item {
+        Write::Deliver(d) => Some(&d.classification),
+        Write::Reapply { classification, .. } => Some(classification),
+        Write::Stale(_) | Write::Inquiry(_) => None,
+    };
+    let inquired = match item {
+        Write::Inquiry(q) => q.change.as_ref().filter(|c| c.status.is_some()).map(|c| c.transaction_key.as_str()),
+        _ => None,
+    };
+    classification.into_iter().flat_map(keys_of).chain(inquired)
+}
+
 /// Every transaction key a delivery may change.
 fn keys_of(c: &Classification) -> impl Iterator<Item = &str> {
     let changes: &[crate::singapay::webhook::Change] = match &c.subject {
@@ -319,6 +399,8 @@ struct ReadRow {
     content_sha256: Option<Vec<u8>>,
     id: Option<i64>,
     outcome: Option<String>,
+    /// A transaction that exists but that another session has locked (skipped).
+    busy: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -338,41 +420,55 @@ struct OptionalRow {
 
 type Known = HashMap<[u8; 32], (i64, Outcome)>;
 
+/// What [`read`] found.
+struct Read {
+    locked: Vec<TransactionRow>,
+    known: Known,
+    /// Transactions that exist but another session has locked ([`Locking::SkipLocked`]).
+    busy: Vec<String>,
+}
+
 /// In one statement: locks every transaction the batch may change, in key order (writers
 /// never deadlock), and finds the contents already stored. A prepared statement with a
 /// generic plan ([`BEGIN_BATCH`]), re-prepared now and then ([`REPREPARE_EVERY`]).
 ///
+/// [`Locking::Wait`] waits for a row another session has locked (up to `lock_timeout`);
+/// [`Locking::SkipLocked`] never waits: it returns such rows' keys as `busy` (a row in the
+/// statement's snapshot that it could not lock).
+///
 /// The look-up sees the statement's snapshot, taken before any lock wait: content that a
 /// writer we waited for has just committed is not seen, its insert comes back short, and
 /// the batch is retried ([`BatchError::Raced`]).
-async fn read(conn: &mut PgConnection, items: &[Write]) -> Result<(Vec<TransactionRow>, Known), sqlx::Error> {
-    let mut keys: Vec<&str> = items
-        .iter()
-        .flat_map(|item| match item {
-            Write::Deliver(d) => Some(&d.classification),
-            Write::Reapply { classification, .. } => Some(classification),
-            Write::Stale(_) | Write::Inquiry(_) => None,
-        })
-        .flat_map(keys_of)
-        .chain(items.iter().filter_map(|item| match item {
-            Write::Inquiry(q) => q.change.as_ref().filter(|c| c.status.is_some()).map(|c| c.transaction_key.as_str()),
-            _ => None,
-        }))
-        .collect();
+async fn read(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Result<Read, sqlx::Error> {
+    let mut keys: Vec<&str> = items.iter().flat_map(item_keys).collect();
     keys.sort_unstable();
     keys.dedup();
     let shas: Vec<&[u8]> = items.iter().filter_map(Write::signed).map(|s| &s.content_sha256[..]).collect();
     if keys.is_empty() && shas.is_empty() {
-        return Ok((Vec::new(), HashMap::new()));
+        return Ok(Read { locked: Vec::new(), known: HashMap::new(), busy: Vec::new() });
     }
+    const NULLS: &str = "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
+    let (skip, busy) = match locking {
+        Locking::Wait => ("", String::new()),
+        Locking::SkipLocked => (
+            " SKIP LOCKED",
+            format!(
+                "UNION ALL
+                 SELECT transaction_key, {NULLS}, NULL, NULL, NULL, true FROM singapay.transactions
+                  WHERE transaction_key = ANY($1) AND transaction_key NOT IN (SELECT transaction_key FROM locked)"
+            ),
+        ),
+    };
     let rows: Vec<ReadRow> = sqlx::query_as(&format!(
         "WITH locked AS (
             SELECT {ROW_COLUMNS} FROM singapay.transactions
-             WHERE transaction_key = ANY($1) ORDER BY transaction_key FOR UPDATE)
-         SELECT locked.*, NULL::bytea AS content_sha256, NULL::int8 AS id, NULL::text AS outcome FROM locked
+             WHERE transaction_key = ANY($1) ORDER BY transaction_key FOR UPDATE{skip})
+         SELECT locked.*, NULL::bytea AS content_sha256, NULL::int8 AS id, NULL::text AS outcome, false AS busy
+           FROM locked
          UNION ALL
-         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, content_sha256, id, outcome
-           FROM singapay.deliveries WHERE content_sha256 = ANY($2)"
+         SELECT NULL, {NULLS}, content_sha256, id, outcome, false
+           FROM singapay.deliveries WHERE content_sha256 = ANY($2)
+         {busy}"
     ))
     .bind(keys)
     .bind(shas)
@@ -380,9 +476,11 @@ async fn read(conn: &mut PgConnection, items: &[Write]) -> Result<(Vec<Transacti
     .await?;
     let mut locked = Vec::new();
     let mut known = HashMap::new();
+    let mut busy = Vec::new();
     for r in rows {
         let t = r.transaction;
         match (t.transaction_key, r.content_sha256, r.id, r.outcome) {
+            (Some(transaction_key), ..) if r.busy => busy.push(transaction_key),
             (Some(transaction_key), ..) => locked.push(TransactionRow {
                 transaction_key,
                 product: t.product.unwrap_or_default(),
@@ -404,7 +502,7 @@ async fn read(conn: &mut PgConnection, items: &[Write]) -> Result<(Vec<Transacti
             _ => return Err(decode("unexpected row in the batch read")),
         }
     }
-    Ok((locked, known))
+    Ok(Read { locked, known, busy })
 }
 
 async fn lock_reapplied(conn: &mut PgConnection, items: &[Write]) -> Result<HashMap<i64, Outcome>, sqlx::Error> {
@@ -945,4 +1043,27 @@ async fn update_reapplied(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::left_out_of;
+
+    #[test]
+    fn items_behind_a_locked_transaction_wait_with_it_in_arrival_order() {
+        let sha = |b: u8| Some([b; 32]);
+        let items = vec![
+            (vec!["x"], sha(1)),      // 0: the locked transaction
+            (vec!["y"], sha(2)),      // 1: unrelated
+            (vec!["z"], sha(3)),      // 2: z before anything ties it to x: written now
+            (vec!["x", "w"], sha(4)), // 3: a sweep naming x and w: waits
+            (vec!["w"], sha(5)),      // 4: w after that sweep: waits behind it
+            (vec!["y"], sha(6)),      // 5: y again: nothing to wait for
+            (vec![], sha(1)),         // 6: the same content as 0 (a stale retry): waits with it
+            (vec![], sha(2)),         // 7: the same content as 1: written now
+            (vec!["v"], None),        // 8: unrelated, no content (an inquiry)
+        ];
+        let busy = vec!["x".to_owned()];
+        assert_eq!(left_out_of(items.into_iter(), &busy), [true, false, false, true, true, false, true, false, false]);
+    }
 }

@@ -27,7 +27,9 @@ pub struct KeptRequest {
     pub request_path: String,
     pub x_timestamp: Option<String>,
     pub x_signature: String,
+    /// '' once `prune` dropped it (after BEARER_RETENTION_HOURS); its hash stays.
     pub access_token: String,
+    pub access_token_sha256: Option<Vec<u8>>,
     pub partner_id: Option<String>,
     pub body: Vec<u8>,
 }
@@ -35,11 +37,11 @@ pub struct KeptRequest {
 pub async fn kept_request(pool: &PgPool, kept: Kept, id: i64) -> Result<Option<KeptRequest>, sqlx::Error> {
     let sql = match kept {
         Kept::Delivery => {
-            "SELECT request_path, x_timestamp, x_signature, access_token, partner_id, body
+            "SELECT request_path, x_timestamp, x_signature, access_token, access_token_sha256, partner_id, body
                FROM singapay.deliveries WHERE id = $1"
         }
         Kept::Rejection => {
-            "SELECT request_path, x_timestamp, x_signature, access_token, partner_id, body
+            "SELECT request_path, x_timestamp, x_signature, access_token, access_token_sha256, partner_id, body
                FROM singapay.rejected_deliveries WHERE id = $1"
         }
     };
@@ -99,22 +101,42 @@ pub async fn mark_replayed(conn: &mut PgConnection, rejection: i64, delivery: i6
         .map(drop)
 }
 
-/// One row of `singapay.queue_health`.
+/// The queue's gauges, at a cost that does not grow with the history kept: every count reads
+/// `event_queue` (the unfinished events only, as many as the backlog) or the dead events
+/// through their partial index; the finished events kept for `RETENTION_DAYS` are never
+/// read. `done` is therefore an estimate: the log's live rows as Postgres's statistics
+/// count them (`pg_stat_get_live_tuples`, kept up to date by every insert and delete, and
+/// reset by `ANALYZE`), less the unfinished and dead events.
+pub const QUEUE_GAUGES: &str = "
+WITH unfinished AS (
+    SELECT count(*) FILTER (WHERE q.state = 'available')                         AS available,
+           count(*) FILTER (WHERE q.state = 'running')                           AS running,
+           count(*) FILTER (WHERE q.state = 'available' AND q.available_at <= now()) AS due,
+           coalesce(extract(epoch FROM now() - min(q.available_at)
+                    FILTER (WHERE q.state = 'available' AND q.available_at <= now())), 0)::float8
+                                                                                  AS oldest_due_secs
+      FROM singapay.event_queue q
+), dead AS (
+    SELECT count(*) AS dead FROM singapay.event_log l WHERE l.state = 'dead'
+)
+SELECT u.available, u.running, u.due, u.oldest_due_secs, d.dead,
+       greatest(pg_stat_get_live_tuples('singapay.event_log'::regclass) - u.available - u.running - d.dead, 0)
+           AS done
+  FROM unfinished u, dead d";
+
+/// The queue's gauges ([`QUEUE_GAUGES`]).
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct QueueDepth {
-    pub state: String,
-    pub events: i64,
+pub struct QueueGauges {
+    pub available: i64,
+    pub running: i64,
     pub due: i64,
     pub oldest_due_secs: f64,
+    pub dead: i64,
+    pub done: i64,
 }
 
-pub async fn queue_depth(pool: &PgPool) -> Result<Vec<QueueDepth>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT state, events, due, COALESCE(extract(epoch FROM oldest_due_age), 0)::float8 AS oldest_due_secs
-           FROM singapay.queue_health",
-    )
-    .fetch_all(pool)
-    .await
+pub async fn queue_gauges(pool: &PgPool) -> Result<QueueGauges, sqlx::Error> {
+    sqlx::query_as(QUEUE_GAUGES).fetch_one(pool).await
 }
 
 /// Creates `database` on the server `conn` is connected to, unless it exists.

@@ -77,6 +77,64 @@ pub async fn prune(
     Ok(PruneReport { events, deliveries, rejections })
 }
 
+/// Drops the bearer tokens of deliveries and rejections that arrived before `cutoff` (their
+/// SHA-256 stays, for `verify --token`): (deliveries, rejections). Batches through the
+/// partial indexes of rows whose token is still kept, skipping rows someone has locked.
+pub async fn drop_bearers(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+    dry_run: bool,
+) -> Result<(u64, u64), sqlx::Error> {
+    let mut out = [0u64; 2];
+    for (n, table) in ["singapay.deliveries", "singapay.rejected_deliveries"].into_iter().enumerate() {
+        let kept = format!("FROM {table} x WHERE x.access_token <> '' AND x.received_at < $1");
+        if dry_run {
+            out[n] = count(pool, &kept, cutoff).await?;
+            continue;
+        }
+        let sql = format!(
+            "UPDATE {table} SET access_token = '',
+                    access_token_sha256 = coalesce(access_token_sha256, sha256(convert_to(access_token, 'UTF8')))
+              WHERE id IN (SELECT x.id {kept} ORDER BY x.received_at LIMIT $2 FOR UPDATE OF x SKIP LOCKED)"
+        );
+        loop {
+            let done = sqlx::query(&sql).bind(cutoff).bind(batch).execute(pool).await?.rows_affected();
+            out[n] += done;
+            if done == 0 {
+                break;
+            }
+        }
+    }
+    Ok((out[0], out[1]))
+}
+
+/// Checks given up (Singapay did not know the transaction, or it has no inquiry) whose last
+/// answer, or creation when never answered, is older than the cutoff: retired so they do
+/// not grow the checks' scans. Flagged checks stay: a person must look at them.
+const GAVE_UP: &str = "FROM singapay.reconcile_checks c WHERE c.state = 'gave_up' AND c.created_at < $1
+      AND NOT EXISTS (SELECT 1 FROM singapay.inquiries i WHERE i.id = c.last_inquiry_id AND i.asked_at >= $1)";
+
+/// Deletes (or with `dry_run` counts) the given-up checks older than the cutoff; before
+/// [`prune_inquiries`], whose last inquiries they keep.
+pub async fn prune_checks(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64, dry_run: bool) -> Result<u64, sqlx::Error> {
+    if dry_run {
+        return count(pool, GAVE_UP, cutoff).await;
+    }
+    let sql = format!(
+        "DELETE FROM singapay.reconcile_checks WHERE transaction_key IN
+           (SELECT c.transaction_key {GAVE_UP} ORDER BY c.transaction_key LIMIT $2 FOR UPDATE OF c SKIP LOCKED)"
+    );
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(&sql).bind(cutoff).bind(batch).execute(pool).await?.rows_affected();
+        total += n;
+        if n == 0 {
+            return Ok(total);
+        }
+    }
+}
+
 /// Deletes (or with `dry_run` counts) the inquiries older than the cutoff.
 pub async fn prune_inquiries(
     pool: &PgPool,

@@ -28,7 +28,19 @@
 //! - Direct debit, `GET`, v2 envelope, no account: `/api/v2.0/direct-debit/binding/{binding_id}`
 //!   and `/api/v2.0/direct-debit/transactions/{transaction_id}` (unknown: HTTP 404 `SP009`).
 //!
-//! # Control endpoints (JSON)
+//! # Who may ask
+//! - Every answer, whatever it is, carries `X-Singapay-Sandbox: 1` ([`MARK_HEADER`]): the
+//!   receiver refuses answers so marked unless `SINGAPAY_API_ALLOW_INSECURE=1`.
+//! - A request whose `Host` (or HTTP/2 authority) is not a loopback name or address
+//!   (`localhost`, `127.0.0.0/8`, `[::1]`, any port) nor exactly the address the sandbox is
+//!   bound to ([`router_at`]) is answered `421 Misdirected Request` (DNS rebinding).
+//! - Every `/_sandbox/*` route needs the header `X-Sandbox-Token` ([`TOKEN_HEADER`]) equal to
+//!   [`SandboxConfig::control_token`] (else `401`): a cross-site form or page cannot set it.
+//!   An empty configured token refuses every control call.
+//! - The request log keeps the last [`MAX_LOGGED`] requests; issued tokens are pruned when
+//!   expired and at most [`MAX_TOKENS`] live at once (the oldest dropped first).
+//!
+//! # Control endpoints (JSON, with `X-Sandbox-Token`)
 //! - `POST /_sandbox/transactions` `{"id": "REF-1", "answers": ["03", "00"], "product": "qris",
 //!   "reff_no": "INV-1", "record_id": 1234, "account": "ACC-1"}` → `201 {"id", "record_id"}`.
 //!   Only `id` and `answers` are required. `id` is what a read names: the `reference_number`
@@ -63,18 +75,21 @@
 //!   answered without the `{status, success, data}` envelope when `flat`, with `expires_in`
 //!   written as given (any JSON value), or left out when the key is absent. `{"reset": true}`
 //!   goes back to `{"status":200,"success":true,"data":{…,"expires_in":"<ttl>"}}`.
-//! - `GET /_sandbox/requests`: every request so far, in order (`kind` is `token` or `inquiry`,
-//!   `path` the path asked, the `id` asked about (a list's `reff_no`), what was answered (a
-//!   list: `list:N rows`), when (`at_ms`), and how many other reads of the same id were still
-//!   unanswered when it came (`concurrent`)).
+//! - `GET /_sandbox/requests`: the requests so far, in order, the last [`MAX_LOGGED`] of
+//!   them (`kind` is `token` or `inquiry`, `path` the path asked, the `id` asked about (a
+//!   list's `reff_no`), what was answered (a list: `list:N rows`), when (`at_ms`), and how many
+//!   other reads of the same id were still unanswered when it came (`concurrent`)); the header
+//!   `X-Sandbox-Dropped` ([`DROPPED_HEADER`]) says how many older ones were dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -90,6 +105,16 @@ pub const TOKEN_PATH_V1_0: &str = "/api/v1.0/access-token/b2b";
 /// Rows in a page of a list, as Singapay's.
 pub const PER_PAGE: usize = 25;
 const FIRST_RECORD_ID: u64 = 1000;
+/// The header on every answer of the sandbox (value `1`).
+pub const MARK_HEADER: &str = "x-singapay-sandbox";
+/// The header control calls (`/_sandbox/*`) carry the control token in.
+pub const TOKEN_HEADER: &str = "x-sandbox-token";
+/// The header of `GET /_sandbox/requests` saying how many older requests were dropped.
+pub const DROPPED_HEADER: &str = "x-sandbox-dropped";
+/// The request log keeps at most this many (the latest).
+pub const MAX_LOGGED: usize = 10_000;
+/// At most this many issued tokens live at once; the oldest is dropped first.
+pub const MAX_TOKENS: usize = 10_000;
 
 /// Who may ask, and when it is.
 pub struct SandboxConfig {
@@ -103,6 +128,9 @@ pub struct SandboxConfig {
     /// The accounts this (primary) credential owns; empty: every account no other
     /// credential owns.
     pub accounts: Vec<String>,
+    /// What control calls (`/_sandbox/*`) must send as `X-Sandbox-Token`; empty: every
+    /// control call is refused.
+    pub control_token: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,11 +305,16 @@ struct Inner {
     credentials: Vec<Credential>,
     /// Live tokens: until when, and whose (an index in `credentials`).
     tokens: HashMap<String, (DateTime<Utc>, usize)>,
+    /// The tokens in the order they were issued (some may be gone from `tokens`).
+    issued: VecDeque<String>,
     records: Vec<Record>,
     next_record_id: u64,
     token_fault: Option<String>,
     token_shape: Option<TokenShape>,
-    requests: Vec<Logged>,
+    /// The latest [`MAX_LOGGED`] requests.
+    requests: VecDeque<Logged>,
+    /// How many older requests were dropped from `requests`.
+    dropped: u64,
     /// Reads being answered now, by the id they ask about.
     in_flight: HashMap<String, u32>,
 }
@@ -319,11 +352,13 @@ impl Sandbox {
         let inner = Inner {
             credentials: vec![primary],
             tokens: HashMap::new(),
+            issued: VecDeque::new(),
             records: Vec::new(),
             next_record_id: FIRST_RECORD_ID,
             token_fault: None,
             token_shape: None,
-            requests: Vec::new(),
+            requests: VecDeque::new(),
+            dropped: 0,
             in_flight: HashMap::new(),
         };
         Arc::new(Sandbox { config, state: Mutex::new(inner) })
@@ -340,7 +375,17 @@ impl Sandbox {
     fn log_concurrent(&self, kind: &str, path: &str, id: Option<String>, answered: &str, concurrent: u32) {
         let at_ms = Utc::now().timestamp_millis();
         let entry = Logged { kind: kind.into(), path: path.into(), id, answered: answered.into(), at_ms, concurrent };
-        self.state().requests.push(entry);
+        let mut state = self.state();
+        if state.requests.len() >= MAX_LOGGED {
+            state.requests.pop_front();
+            state.dropped += 1;
+        }
+        state.requests.push_back(entry);
+    }
+
+    /// How many issued tokens are kept now (expired ones not yet pruned included).
+    pub fn live_tokens(&self) -> usize {
+        self.state().tokens.len()
     }
 
     /// Counts a read of `id` as in flight until the guard is dropped (answered, or the asker
@@ -383,7 +428,26 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The sandbox's routes, answering requests for a loopback `Host` only.
 pub fn router(sandbox: Shared) -> Router {
+    routes(sandbox, None)
+}
+
+/// The sandbox's routes for a listener bound to `bound`: a `Host` naming exactly that
+/// address is answered too (besides loopback names and addresses).
+pub fn router_at(sandbox: Shared, bound: SocketAddr) -> Router {
+    routes(sandbox, Some(bound))
+}
+
+fn routes(sandbox: Shared, bound: Option<SocketAddr>) -> Router {
+    let control = Router::new()
+        .route("/_sandbox/transactions", post(script))
+        .route("/_sandbox/credentials", post(add_credential))
+        .route("/_sandbox/revoke", post(revoke))
+        .route("/_sandbox/token-fault", post(token_fault))
+        .route("/_sandbox/token-answer", post(token_answer))
+        .route("/_sandbox/requests", get(requests))
+        .route_layer(middleware::from_fn_with_state(sandbox.clone(), require_control_token));
     Router::new()
         .route(inquiry::TOKEN_PATH, post(token_v1_1))
         .route(TOKEN_PATH_V1_0, post(token_v1_0))
@@ -398,13 +462,71 @@ pub fn router(sandbox: Shared) -> Router {
         .route("/api/v1.0/payment-link-histories/{account}/{id}", get(payment_link))
         .route("/api/v2.0/direct-debit/binding/{id}", get(binding))
         .route("/api/v2.0/direct-debit/transactions/{id}", get(charge))
-        .route("/_sandbox/transactions", post(script))
-        .route("/_sandbox/credentials", post(add_credential))
-        .route("/_sandbox/revoke", post(revoke))
-        .route("/_sandbox/token-fault", post(token_fault))
-        .route("/_sandbox/token-answer", post(token_answer))
-        .route("/_sandbox/requests", get(requests))
+        .merge(control)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "sandbox: no such route") })
         .with_state(sandbox)
+        .layer(middleware::from_fn(move |request: Request, next: Next| require_local_host(bound, request, next)))
+        .layer(middleware::from_fn(mark))
+}
+
+/// Every answer says it is the sandbox's.
+async fn mark(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(MARK_HEADER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Whether `host` (a `Host` header or an authority) names this machine by a loopback name or
+/// address, or is exactly `bound`.
+fn is_local_host(host: &str, bound: Option<SocketAddr>) -> bool {
+    if bound.is_some_and(|b| host == b.to_string()) {
+        return true;
+    }
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, "")) => ip,
+            Some((ip, port)) if port.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok()) => ip,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            None => host,
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            Some(_) => return false,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses a request whose `Host` is not this machine's (a DNS-rebinding page's).
+async fn require_local_host(bound: Option<SocketAddr>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
+    if host.is_some_and(|h| is_local_host(&h, bound)) {
+        return next.run(request).await;
+    }
+    let why = "sandbox: only Host localhost, 127.0.0.0/8, [::1] or the address it is bound to is answered";
+    (StatusCode::MISDIRECTED_REQUEST, why).into_response()
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same_token(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Control calls need `X-Sandbox-Token`: no cross-site form or page can script the sandbox.
+async fn require_control_token(State(sb): State<Shared>, request: Request, next: Next) -> Response {
+    let expected = sb.config.control_token.as_bytes();
+    let given = request.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
+    if !expected.is_empty() && given.is_some_and(|g| same_token(g, expected)) {
+        return next.run(request).await;
+    }
+    let why = "sandbox: /_sandbox/* needs the header X-Sandbox-Token with the control token `sandbox` printed at start";
+    (StatusCode::UNAUTHORIZED, why).into_response()
 }
 
 fn v1_error(status: StatusCode, message: &str) -> Response {
@@ -447,10 +569,22 @@ fn issue(sb: &Sandbox, path: &str, who: Result<usize, &str>) -> Response {
         (0..40).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)])).collect()
     };
     let ttl = sb.config.token_ttl_secs;
-    let expires = (sb.config.clock)() + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 1000));
+    let now = (sb.config.clock)();
+    let expires = now + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 1000));
     let shape = {
         let mut state = sb.state();
+        let state = &mut *state;
+        // Expired tokens go (the oldest first), then the oldest beyond the cap.
+        while let Some(oldest) = state.issued.front() {
+            if state.tokens.get(oldest).is_some_and(|(until, _)| *until > now) && state.tokens.len() < MAX_TOKENS {
+                break;
+            }
+            if let Some(oldest) = state.issued.pop_front() {
+                state.tokens.remove(&oldest);
+            }
+        }
         state.tokens.insert(token.clone(), (expires, who));
+        state.issued.push_back(token.clone());
         state.token_shape.clone()
     };
     sb.log("token", path, None, "200");
@@ -986,7 +1120,9 @@ async fn add_credential(State(sb): State<Shared>, Json(credential): Json<Credent
 }
 
 async fn revoke(State(sb): State<Shared>) -> StatusCode {
-    sb.state().tokens.clear();
+    let mut state = sb.state();
+    state.tokens.clear();
+    state.issued.clear();
     StatusCode::NO_CONTENT
 }
 
@@ -1011,8 +1147,12 @@ async fn token_answer(State(sb): State<Shared>, Json(body): Json<Map<String, Val
     StatusCode::NO_CONTENT
 }
 
-async fn requests(State(sb): State<Shared>) -> Json<Vec<Logged>> {
-    Json(sb.state().requests.clone())
+async fn requests(State(sb): State<Shared>) -> Response {
+    let (logged, dropped) = {
+        let state = sb.state();
+        (state.requests.iter().cloned().collect::<Vec<_>>(), state.dropped)
+    };
+    ([(DROPPED_HEADER, dropped.to_string())], Json(logged)).into_response()
 }
 
 #[cfg(test)]
@@ -1025,5 +1165,35 @@ mod tests {
         assert_eq!(base64_decode("YWI").unwrap(), b"ab");
         assert_eq!(base64_decode("").unwrap(), b"");
         assert!(base64_decode("a b").is_none());
+    }
+
+    #[test]
+    fn only_loopback_hosts_and_the_bound_address_are_local() {
+        let bound: SocketAddr = "192.0.2.7:8090".parse().unwrap();
+        for host in ["localhost", "LOCALHOST:8090", "127.0.0.1", "127.1.2.3:1", "[::1]", "[::1]:8090"] {
+            assert!(is_local_host(host, None), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8090",
+            "localhost.evil.example",
+            "192.0.2.7:8090",
+            "0.0.0.0:8090",
+            "::1",
+            "[::ffff:127.0.0.1]:80",
+            "127.0.0.1:x",
+            "[::1]x",
+            "",
+        ] {
+            assert!(!is_local_host(host, None), "{host}");
+        }
+        assert!(is_local_host("192.0.2.7:8090", Some(bound)));
+        assert!(!is_local_host("192.0.2.7:8091", Some(bound)) && !is_local_host("192.0.2.7", Some(bound)));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_token(b"abc", b"abc"));
+        assert!(!same_token(b"abd", b"abc") && !same_token(b"ab", b"abc") && !same_token(b"", b"abc"));
     }
 }

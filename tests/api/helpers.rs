@@ -167,6 +167,9 @@ pub fn default_settings(secret: &str) -> Settings {
         ("SHUTDOWN_DRAIN_SECS", "0"),
         ("DB_MAX_CONNECTIONS", "40"),
         ("LOG_FORMAT", "text"),
+        // No admin listener (tests run side by side; 127.0.0.1:9090 is one port): /metrics
+        // on the test's own port, behind the allowlist like everything there.
+        ("ADMIN_LISTEN_ADDR", "off"),
     ];
     let get = |k: &str| vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.to_string());
     singapay_webhooks::config::Env::new(&get).settings(true).expect("the test settings are valid")
@@ -419,7 +422,10 @@ pub const SANDBOX_ACCOUNT: &str = "01JSANDBOXACCOUNT";
 /// The `sandbox` (Singapay's API stand-in) on a real socket, with its control endpoints.
 pub struct SandboxApi {
     pub url: String,
+    /// Sends the control token (`X-Sandbox-Token`) on every request.
     pub http: reqwest::Client,
+    /// The sandbox's control token.
+    pub token: String,
 }
 
 impl SandboxApi {
@@ -429,6 +435,7 @@ impl SandboxApi {
 
     /// A sandbox whose idea of now is `clock`.
     pub async fn start_with_clock(clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>) -> SandboxApi {
+        let token = format!("test-control-{}", random_hex(16));
         let sb = Sandbox::new(SandboxConfig {
             client_id: "client-1".into(),
             client_secret: "secret-1".into(),
@@ -436,11 +443,15 @@ impl SandboxApi {
             token_ttl_secs: 3600,
             accounts: Vec::new(),
             clock,
+            control_token: token.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, sandbox::router(sb)).await });
-        SandboxApi { url, http: reqwest::Client::new() }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(sandbox::TOKEN_HEADER, token.parse().unwrap());
+        let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+        SandboxApi { url, http, token }
     }
 
     pub fn client(&self, now: DateTime<Utc>, timeout: Duration) -> ApiClient {

@@ -1,9 +1,13 @@
 //! The sandbox behaves as Singapay documents its API (partial-match lists, by-id reads,
-//! tokens, direct debit, account ownership), over real HTTP.
+//! tokens, direct debit, account ownership), over real HTTP; it answers only requests for
+//! this machine, only control calls with its token, marks every answer, and keeps bounded
+//! logs.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use chrono::{FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
@@ -11,26 +15,45 @@ use singapay_webhooks::tools::sandbox::{self, Sandbox, SandboxConfig};
 
 const ACC: &str = "01JACCOUNTONE";
 const ACC2: &str = "01JACCOUNTTWO";
+const CONTROL_TOKEN: &str = "control-token-for-the-tests";
 
 struct Sb {
     url: String,
     http: reqwest::Client,
+    /// The control token it was started with.
+    token: String,
+    sandbox: Arc<Sandbox>,
 }
 
 /// A sandbox whose primary credential is client-1 / secret-1 / partner-1.
 async fn start() -> Sb {
+    start_with(Arc::new(Utc::now), CONTROL_TOKEN, None).await
+}
+
+/// A sandbox with this clock and control token, served as if bound to `bound` (it listens
+/// on 127.0.0.1, on `bound`'s port when that is not 0).
+async fn start_with(clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>, token: &str, bound: Option<SocketAddr>) -> Sb {
     let sb = Sandbox::new(SandboxConfig {
         client_id: "client-1".into(),
         client_secret: "secret-1".into(),
         partner_id: "partner-1".into(),
         token_ttl_secs: 3600,
-        clock: Arc::new(Utc::now),
+        clock,
         accounts: vec![],
+        control_token: token.into(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, sandbox::router(sb)).await });
-    Sb { url, http: reqwest::Client::new() }
+    let local = listener.local_addr().unwrap();
+    let url = format!("http://{local}");
+    let router = match bound {
+        Some(mut bound) => {
+            bound.set_port(local.port());
+            sandbox::router_at(sb.clone(), bound)
+        }
+        None => sandbox::router(sb.clone()),
+    };
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Sb { url, http: reqwest::Client::new(), token: token.into(), sandbox: sb }
 }
 
 /// The documented v1.1 signature, computed here: HMAC-SHA512 of `id_secret_YYYYMMDD` (the
@@ -50,7 +73,14 @@ async fn body(r: reqwest::Response) -> (u16, Value) {
 
 impl Sb {
     async fn control(&self, path: &str, body: Value) -> reqwest::Response {
-        let r = self.http.post(format!("{}/_sandbox/{path}", self.url)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}/_sandbox/{path}", self.url))
+            .header("X-Sandbox-Token", &self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
         r
     }
@@ -65,7 +95,33 @@ impl Sb {
     }
 
     async fn requests(&self) -> Vec<Value> {
-        self.http.get(format!("{}/_sandbox/requests", self.url)).send().await.unwrap().json().await.unwrap()
+        self.requests_and_dropped().await.0
+    }
+
+    /// The request log, and how many older requests it dropped (`X-Sandbox-Dropped`).
+    async fn requests_and_dropped(&self) -> (Vec<Value>, u64) {
+        let r = self
+            .http
+            .get(format!("{}/_sandbox/requests", self.url))
+            .header("X-Sandbox-Token", &self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let dropped = r.headers()["x-sandbox-dropped"].to_str().unwrap().parse().unwrap();
+        (r.json().await.unwrap(), dropped)
+    }
+
+    /// A v1.0 (HTTP Basic) token request for the primary credential.
+    async fn token_v1_0(&self) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1.0/access-token/b2b", self.url))
+            .basic_auth("client-1", Some("secret-1"))
+            .header("X-PARTNER-ID", "partner-1")
+            .json(&json!({"grant_type": "client_credentials"}))
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn token_v1_1(&self, id: &str, secret: &str, partner: &str) -> (u16, Value) {
@@ -401,4 +457,186 @@ async fn raw_answers_are_served_verbatim() {
     assert_eq!((seen[1].0, seen[1].2.as_str()), (200, text), "byte for byte");
     assert_eq!((seen[2].0, seen[2].2.as_str()), (502, "<html>Bad Gateway</html>"));
     assert!(seen[1].1.starts_with("application/json") && seen[2].1.starts_with("text/plain"), "{seen:?}");
+}
+
+/// DNS rebinding: a page on another name that resolves to 127.0.0.1 sends its own name as
+/// `Host`. Only loopback names and addresses (any port), or exactly the bound address, are
+/// answered.
+#[tokio::test]
+async fn a_request_for_another_host_is_refused() {
+    let bound: SocketAddr = "192.0.2.1:0".parse().unwrap();
+    let sb = start_with(Arc::new(Utc::now), CONTROL_TOKEN, Some(bound)).await;
+    let port: u16 = sb.url.rsplit(':').next().unwrap().parse().unwrap();
+    let ask = |host: String| {
+        let r = sb
+            .http
+            .post(format!("{}/api/v1.0/access-token/b2b", sb.url))
+            .header("Host", host)
+            .basic_auth("client-1", Some("secret-1"))
+            .header("X-PARTNER-ID", "partner-1")
+            .json(&json!({"grant_type": "client_credentials"}));
+        async move { r.send().await.unwrap() }
+    };
+    let foreign = [
+        format!("evil.example:{port}"),
+        "evil.example".to_owned(),
+        format!("localhost.evil.example:{port}"),
+        format!("192.0.2.1:{}", port.wrapping_add(1)),
+        format!("192.0.2.2:{port}"),
+    ];
+    for host in foreign {
+        let r = ask(host.clone()).await;
+        assert_eq!(r.status(), 421, "{host}");
+        assert_eq!(r.headers()["x-singapay-sandbox"], "1");
+        assert!(r.text().await.unwrap().contains("only Host localhost"), "{host}");
+    }
+    let control = sb
+        .http
+        .get(format!("{}/_sandbox/requests", sb.url))
+        .header("Host", "evil.example")
+        .header("X-Sandbox-Token", CONTROL_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(control.status(), 421, "the control token does not make another host this one");
+    let local = [
+        format!("localhost:{port}"),
+        "LOCALHOST".to_owned(),
+        format!("127.0.0.1:{port}"),
+        format!("127.8.9.10:{port}"),
+        format!("[::1]:{port}"),
+        format!("192.0.2.1:{port}"),
+    ];
+    for host in &local {
+        assert_eq!(ask(host.clone()).await.status(), 200, "{host}");
+    }
+    assert_eq!(sb.requests().await.len(), local.len(), "the refused requests never reached the sandbox");
+}
+
+#[tokio::test]
+async fn control_calls_need_the_control_token_and_a_cross_site_form_cannot_revoke() {
+    let sb = start().await;
+    let url = |path: &str| format!("{}/_sandbox/{path}", sb.url);
+    let script = json!({"id": "VA-1", "answers": ["paid"]});
+    for token in [None, Some("wrong"), Some(""), Some("control-token-for-the-test")] {
+        let mut r = sb.http.post(url("transactions")).json(&script);
+        if let Some(t) = token {
+            r = r.header("X-Sandbox-Token", t);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{token:?}");
+        assert!(r.text().await.unwrap().contains("X-Sandbox-Token"));
+        let read = sb.http.get(url("requests")).header("X-Sandbox-Token", token.unwrap_or_default()).send().await;
+        assert_eq!(read.unwrap().status(), 401, "the log is a control route too");
+    }
+    sb.script(script).await;
+
+    // What a cross-site page can send without a preflight: a form POST, with cookies,
+    // an Origin, no custom header.
+    let token = sb.token().await;
+    let va = format!("/api/v1.0/va-transactions/{ACC}/VA-1");
+    let form = sb
+        .http
+        .post(url("revoke"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Origin", "https://evil.example")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 401);
+    assert_eq!(sb.get(&token, "partner-1", &va).await.0, 200, "the token survives the form");
+    assert_eq!(sb.control("revoke", json!({})).await.status(), 204);
+    assert_eq!(sb.get(&token, "partner-1", &va).await.0, 401, "with the control token it revokes");
+
+    // An empty configured token refuses every control call.
+    let closed = start_with(Arc::new(Utc::now), "", None).await;
+    for token in [None, Some("")] {
+        let mut r = closed.http.post(format!("{}/_sandbox/revoke", closed.url));
+        if let Some(t) = token {
+            r = r.header("X-Sandbox-Token", t);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 401, "{token:?}");
+    }
+}
+
+#[tokio::test]
+async fn every_answer_says_it_is_the_sandboxs() {
+    let sb = start().await;
+    let mut seen: Vec<(String, reqwest::Response)> = Vec::new();
+    seen.push(("token 200".into(), sb.token_v1_0().await));
+    let refused = sb.http.post(format!("{}/api/v1.0/access-token/b2b", sb.url)).basic_auth("client-1", Some("x"));
+    seen.push(("token 401".into(), refused.send().await.unwrap()));
+    seen.push(("script 201".into(), sb.control("transactions", json!({"id": "P-1", "answers": ["06"]})).await));
+    let raw = json!({"id": "R-1", "answers": [{"http_status": 502, "body_text": "<html>Bad Gateway</html>"}]});
+    seen.push(("script raw".into(), sb.control("transactions", raw).await));
+    let token = sb.token().await;
+    let inquiry = |path: String| {
+        let r = sb.http.get(format!("{}{path}", sb.url)).bearer_auth(&token).header("X-PARTNER-ID", "partner-1");
+        async move { r.send().await.unwrap() }
+    };
+    seen.push(("read 200".into(), inquiry(format!("/api/v1.0/va-transactions/{ACC}/P-1")).await));
+    seen.push(("read 404".into(), inquiry(format!("/api/v1.0/va-transactions/{ACC}/NONE")).await));
+    seen.push(("raw 502".into(), inquiry(format!("/api/v1.0/va-transactions/{ACC}/R-1")).await));
+    let money_out = sb
+        .http
+        .post(format!("{}/api/v2.0/disbursement/{ACC}/inquiry-status", sb.url))
+        .bearer_auth(&token)
+        .header("X-PARTNER-ID", "partner-1")
+        .json(&json!({"reference_number": "P-1"}));
+    seen.push(("money-out 400".into(), money_out.send().await.unwrap()));
+    seen.push(("unknown route".into(), sb.http.get(format!("{}/nothing/here", sb.url)).send().await.unwrap()));
+    let no_token = sb.http.post(format!("{}/_sandbox/revoke", sb.url)).send().await.unwrap();
+    seen.push(("control 401".into(), no_token));
+    let bad = sb
+        .http
+        .post(format!("{}/_sandbox/transactions", sb.url))
+        .header("X-Sandbox-Token", CONTROL_TOKEN)
+        .json(&json!({"answers": []}));
+    seen.push(("control 422".into(), bad.send().await.unwrap()));
+    let foreign = sb.http.get(format!("{}/_sandbox/requests", sb.url)).header("Host", "evil.example");
+    seen.push(("host 421".into(), foreign.send().await.unwrap()));
+    seen.push(("token fault".into(), sb.control("token-fault", json!({"answer": "403"})).await));
+    seen.push(("token 403".into(), sb.token_v1_0().await));
+    let statuses: Vec<u16> = seen.iter().map(|(_, r)| r.status().as_u16()).collect();
+    assert_eq!(statuses, [200, 401, 201, 201, 200, 404, 502, 400, 404, 401, 422, 421, 204, 403]);
+    for (what, r) in &seen {
+        assert_eq!(r.headers().get("x-singapay-sandbox").map(|v| v.to_str().unwrap()), Some("1"), "{what}");
+    }
+}
+
+/// The request log keeps the latest 10,000 requests and says how many it dropped; issued
+/// tokens are pruned when expired and at most 10,000 live, the oldest dropped first.
+#[tokio::test]
+async fn the_request_log_and_the_live_tokens_are_bounded() {
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let clock = Arc::new(move || Utc::now() + chrono::Duration::seconds(o.load(Ordering::SeqCst)));
+    let sb = start_with(clock, CONTROL_TOKEN, None).await;
+    sb.script(json!({"id": "VA-1", "answers": ["paid"]})).await;
+    let extra = 50;
+    let mut tokens = Vec::new();
+    for _ in 0..sandbox::MAX_TOKENS + extra {
+        let r = sb.token_v1_0().await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        tokens.push(answer["data"]["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(sb.sandbox.live_tokens(), sandbox::MAX_TOKENS);
+    let (log, dropped) = sb.requests_and_dropped().await;
+    assert_eq!((log.len(), dropped), (sandbox::MAX_LOGGED, extra as u64));
+    assert!(log.iter().all(|r| r["kind"] == "token" && r["answered"] == "200"));
+
+    let va = format!("/api/v1.0/va-transactions/{ACC}/VA-1");
+    assert_eq!(sb.get(&tokens[extra - 1], "partner-1", &va).await.0, 401, "the oldest were dropped");
+    assert_eq!(sb.get(&tokens[extra], "partner-1", &va).await.0, 200);
+    assert_eq!(sb.get(tokens.last().unwrap(), "partner-1", &va).await.0, 200);
+    let (log, dropped) = sb.requests_and_dropped().await;
+    assert_eq!((log.len(), dropped), (sandbox::MAX_LOGGED, extra as u64 + 3));
+    assert_eq!(log.last().unwrap()["path"], json!(va), "the latest are kept");
+
+    // Two hours later (tokens live one): every token has expired, and goes when one is issued.
+    offset.store(7200, Ordering::SeqCst);
+    assert_eq!(sb.token_v1_0().await.status(), 200);
+    assert_eq!(sb.sandbox.live_tokens(), 1);
 }

@@ -8,13 +8,16 @@
 //! are shared by the tests beside them.
 
 mod db_group_commit;
+mod db_hardening;
 mod db_queue;
 mod db_retention;
 mod helpers;
 mod http_allowlist;
 mod http_concurrency;
+mod http_faults;
 mod http_hostile;
 mod http_intake;
+mod http_metrics;
 mod http_openapi;
 mod http_outage;
 mod http_reconcile;
@@ -30,6 +33,7 @@ mod process_crash;
 mod process_deploy;
 mod process_dev;
 mod process_docs;
+mod process_hardening;
 mod process_operations;
 mod process_reconcile;
 mod process_reconcile_world;

@@ -22,6 +22,9 @@ pub fn command(program: &str, env: &[(String, String)]) -> Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SHUTDOWN_DRAIN_SECS", "0")
+        // Nor the admin listener's fixed default port (tests run side by side): /metrics on
+        // LISTEN_ADDR, behind the allowlist, unless `env` gives ADMIN_LISTEN_ADDR.
+        .env("ADMIN_LISTEN_ADDR", "off")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(std::env::temp_dir());
     cmd

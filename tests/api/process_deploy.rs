@@ -201,16 +201,23 @@ async fn sigterm_drains_with_readiness_off_and_loses_no_answered_callback() {
     }
 }
 
-/// docker-compose.yml as Debian's Compose reads it: refused while `.env` still holds the
-/// placeholders of `.env.example`; with the password set and the Client Secrets in a file,
-/// it validates, and the secrets reach the receiver as a mounted file, never as a variable.
+/// docker-compose.yml as Debian's Compose reads it, with `.env.example` as `.env`: it
+/// validates, and every secret (the Postgres password, DATABASE_URL, the Client Secrets,
+/// the API's client secret) reaches its container as a mounted file named by a `*_FILE`
+/// variable, never as a variable, and none is filled in from `.env`, even when `.env` holds
+/// one. The admin port is published on the host's loopback only.
 #[test]
-fn the_compose_file_validates_with_secrets_from_files_and_refuses_placeholders() {
+fn the_compose_file_validates_with_every_secret_from_a_file() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(repo.join("docker-compose.yml"), dir.path().join("docker-compose.yml")).unwrap();
     let example = std::fs::read_to_string(repo.join(".env.example")).unwrap();
-    std::fs::write(dir.path().join(".env"), &example).unwrap();
+    // An operator who also put secrets into .env: compose must not pass them on.
+    let leaked = "Leaked0Password";
+    let dotenv = format!(
+        "{example}\nPOSTGRES_PASSWORD={leaked}\nSINGAPAY_CLIENT_SECRET={leaked}\nSINGAPAY_WEBHOOK_SECRETS=default={leaked}\nDATABASE_URL=postgres://u:{leaked}@h/d\n"
+    );
+    std::fs::write(dir.path().join(".env"), dotenv).unwrap();
     let config = || {
         let mut cmd = Command::new("docker-compose");
         cmd.arg("config").current_dir(dir.path());
@@ -220,6 +227,9 @@ fn the_compose_file_validates_with_secrets_from_files_and_refuses_placeholders()
                 cmd.env_remove(name);
             }
         }
+        for name in ["POSTGRES_PASSWORD", "SINGAPAY_CLIENT_SECRET", "SINGAPAY_WEBHOOK_SECRETS", "DATABASE_URL"] {
+            cmd.env_remove(name);
+        }
         let out = cmd.output().expect("docker-compose runs (scripts/test installs Debian's docker-compose)");
         (
             out.status.success(),
@@ -227,27 +237,118 @@ fn the_compose_file_validates_with_secrets_from_files_and_refuses_placeholders()
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, _, err) = config();
-    assert!(!ok, "the placeholders are refused");
-    assert!(err.contains("POSTGRES_PASSWORD"), "{err}");
-
-    let filled = example.replace("\nPOSTGRES_PASSWORD=\n", "\nPOSTGRES_PASSWORD=Compose0Password\n");
-    assert_ne!(filled, example, ".env.example leaves POSTGRES_PASSWORD empty");
-    std::fs::write(dir.path().join(".env"), filled).unwrap();
-    std::fs::create_dir(dir.path().join("secrets")).unwrap();
-    std::fs::write(dir.path().join("secrets/singapay_webhook_secrets"), "default=cs_0123456789abcdef\n").unwrap();
     let (ok, out, err) = config();
     assert!(ok, "{err}");
-    let secrets_file = dir.path().join("secrets/singapay_webhook_secrets");
-    for expected in [
-        "SINGAPAY_WEBHOOK_SECRETS_FILE: /run/secrets/singapay_webhook_secrets".to_owned(),
-        format!("file: {}", secrets_file.display()),
-        "DATABASE_URL: postgres://singapay:Compose0Password@postgres:5432/singapay".to_owned(),
-        "POSTGRES_PASSWORD: Compose0Password".to_owned(),
+    assert!(!out.contains(leaked), "a secret from .env reached the configuration:\n{out}");
+    let parsed = &yaml_rust2::YamlLoader::load_from_str(&out).unwrap()[0];
+    let services = &parsed["services"];
+    for (service, name, variable) in [
+        ("postgres", "postgres_password", "POSTGRES_PASSWORD_FILE"),
+        ("singapay-webhooks", "database_url", "DATABASE_URL_FILE"),
+        ("singapay-webhooks", "singapay_webhook_secrets", "SINGAPAY_WEBHOOK_SECRETS_FILE"),
+        ("singapay-webhooks", "singapay_client_secret", "SINGAPAY_CLIENT_SECRET_FILE"),
     ] {
-        assert!(out.contains(&expected), "{expected} missing from:\n{out}");
+        let file = dir.path().join("secrets").join(name);
+        assert_eq!(parsed["secrets"][name]["file"].as_str(), Some(file.to_str().unwrap()), "{name}");
+        let mounted = services[service]["secrets"].as_vec().unwrap().iter().any(|s| s["source"].as_str() == Some(name));
+        assert!(mounted, "{service} mounts {name}:\n{out}");
+        let path = format!("/run/secrets/{name}");
+        assert_eq!(services[service]["environment"][variable].as_str(), Some(path.as_str()), "{service} {variable}");
     }
-    assert!(!out.contains("SINGAPAY_WEBHOOK_SECRETS:"), "the secrets are not a variable:\n{out}");
+    for (service, environment) in services.as_hash().unwrap() {
+        for (name, _) in environment["environment"].as_hash().into_iter().flatten() {
+            let name = name.as_str().unwrap();
+            assert!(
+                !["POSTGRES_PASSWORD", "DATABASE_URL", "SINGAPAY_WEBHOOK_SECRETS", "SINGAPAY_CLIENT_SECRET"]
+                    .contains(&name),
+                "{service:?} gets {name} as a variable"
+            );
+        }
+    }
+    let app = &services["singapay-webhooks"];
+    assert_eq!(app["environment"]["ADMIN_LISTEN_ADDR"].as_str(), Some("0.0.0.0:9090"));
+    let published: Vec<String> = app["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| match p.as_str() {
+            // "127.0.0.1:9090:9090/tcp", as Compose 1.29 writes one bound to an address.
+            Some(s) => {
+                let parts: Vec<&str> = s.trim_end_matches("/tcp").split(':').collect();
+                let host = if parts.len() == 3 { parts[0] } else { "*" };
+                format!("{host}:{}", parts[parts.len() - 1])
+            }
+            None => format!("{}:{}", p["host_ip"].as_str().unwrap_or("*"), p["target"].as_i64().unwrap()),
+        })
+        .collect();
+    assert!(published.contains(&"127.0.0.1:9090".to_owned()), "{published:?}");
+    assert!(!published.contains(&"*:9090".to_owned()), "the admin port is not published publicly: {published:?}");
+}
+
+/// Behind an allowlist that leaves this host out, the public port refuses `/healthz` and
+/// `/readyz` (and serves no `/metrics`); the admin listener answers all three, so the
+/// image's HEALTHCHECK (`healthcheck --live`) and `healthcheck`, which ask it, pass. With
+/// the admin listener off they would ask the public port, and be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_an_allowlist_probes_use_the_admin_listener_and_the_healthcheck_passes() {
+    let (db_url, _db) = crate::helpers::fresh_database().await;
+    let secret = format!("cs_{}", random_hex(8));
+    let mut tries = 0;
+    let (server, vars, admin) = loop {
+        tries += 1;
+        let (port, admin) = (
+            singapay_webhooks::embedded_pg::free_port().unwrap(),
+            singapay_webhooks::embedded_pg::free_port().unwrap(),
+        );
+        let vars = env(&[
+            ("DATABASE_URL", &db_url),
+            ("SINGAPAY_WEBHOOK_SECRETS", &secret),
+            ("LISTEN_ADDR", &format!("0.0.0.0:{port}")),
+            ("ADMIN_LISTEN_ADDR", &format!("127.0.0.1:{admin}")),
+            ("ALLOWED_SOURCE_CIDRS", "192.0.2.0/24"),
+            ("LOG_FORMAT", "json"),
+        ]);
+        let mut server = process::serve(&["serve"], &vars, port);
+        let admin = format!("http://127.0.0.1:{admin}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let started = loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                break Err(format!("({status}) {}", server.log_text()));
+            }
+            if reqwest::get(format!("{admin}/readyz")).await.is_ok_and(|r| r.status() == 200) {
+                break Ok(());
+            }
+            assert!(Instant::now() < deadline, "not ready: {}", server.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match started {
+            Ok(()) => break (server, vars, admin),
+            Err(logs) if logs.contains("cannot bind") && tries < 5 => continue,
+            Err(logs) => panic!("serve did not start: {logs}"),
+        }
+    };
+    for path in ["/healthz", "/readyz"] {
+        let r = reqwest::get(server.url(path)).await.unwrap();
+        assert_eq!(r.status(), 403, "{path} on the public port");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "ip_not_allowed");
+    }
+    assert_eq!(reqwest::get(server.url("/metrics")).await.unwrap().status(), 404);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(reqwest::get(format!("{admin}{path}")).await.unwrap().status(), 200, "{path} on the admin port");
+    }
+    let (live, _, err) = process::run(&["healthcheck", "--live"], &vars).await;
+    assert!(live, "the image's HEALTHCHECK: {err}");
+    let (ready, _, err) = process::run(&["healthcheck"], &vars).await;
+    assert!(ready, "{err}");
+    let mut off = vars.clone();
+    off.retain(|(k, _)| k != "ADMIN_LISTEN_ADDR");
+    off.push(("ADMIN_LISTEN_ADDR".into(), "off".into()));
+    let (refused, _, err) = process::run(&["healthcheck", "--live"], &off).await;
+    assert!(!refused && err.contains("403"), "{err}");
+    // The refused probes are logged, once for the three (at most one line a minute).
+    let refusals = server.logs.lock().unwrap().iter().filter(|l| l.contains("outside ALLOWED_SOURCE_CIDRS")).count();
+    assert_eq!(refusals, 1, "{}", server.log_text());
 }
 
 /// A second signal during the drain ends it: an operator who means "now" is not made to

@@ -62,6 +62,8 @@ fn try_start_dev(data_dir: &std::path::Path, port: u16) -> Option<Dev> {
         // Its parent is the test's own directory: a `.env` in the checkout is not dev's.
         .current_dir(data_dir.parent().unwrap())
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        // Not the admin listener's fixed default port: tests run side by side.
+        .env("ADMIN_LISTEN_ADDR", "off")
         .env("LOG_FORMAT", "text")
         .env_remove("SINGAPAY_WEBHOOK_SECRETS")
         .env_remove("DATABASE_URL")

@@ -59,9 +59,27 @@ fn healthcheck_args(dockerfile: &str) -> Vec<String> {
     command[1..].to_vec()
 }
 
+/// The final stage's `ENV` instruction as (name, value) pairs (`ENV A=1 \\ B=2`).
+fn image_env(dockerfile: &str) -> Vec<(String, String)> {
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let mut text = String::new();
+    for line in last_stage.lines().skip_while(|l| !l.starts_with("ENV ")) {
+        text.push_str(line.trim_end().trim_end_matches('\\'));
+        text.push(' ');
+        if !line.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    let text = text.strip_prefix("ENV ").expect("the final stage sets ENV");
+    text.split_whitespace()
+        .map(|kv| kv.split_once('=').expect("ENV NAME=value"))
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
+}
+
 /// The image as deployed: its command against an empty database (it migrates, then accepts
-/// a callback), with the environment docker-compose.yml gives it (secrets from a file), and
-/// its HEALTHCHECK.
+/// a callback), with the environment docker-compose.yml gives it (every secret from a
+/// file), and its HEALTHCHECK, which asks the admin listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_container_runs_serve_with_the_compose_environment() {
     let dockerfile = repo_file("Dockerfile");
@@ -75,7 +93,13 @@ async fn the_container_runs_serve_with_the_compose_environment() {
     let user = last_stage.lines().find(|l| l.starts_with("USER ")).expect("the final stage sets USER");
     let user_name = user["USER ".len()..].split(':').next().unwrap().trim();
     assert!(user_name != "root" && user_name != "0", "{user}");
-    assert!(last_stage.contains("EXPOSE 8080"));
+    // Callbacks on 8080; /metrics, /healthz, /readyz on the admin listener, which the
+    // image opens to the container network for the orchestrator's probes and scraper.
+    assert!(last_stage.lines().any(|l| l == "EXPOSE 8080 9090"), "{last_stage}");
+    let image_env = image_env(&dockerfile);
+    let image_var = |name: &str| image_env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    assert_eq!(image_var("LISTEN_ADDR"), Some("0.0.0.0:8080"));
+    assert_eq!(image_var("ADMIN_LISTEN_ADDR"), Some("0.0.0.0:9090"));
     let healthcheck = last_stage.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect::<String>();
     assert!(healthcheck.contains("\"healthcheck\"") && !healthcheck.contains("curl"), "{healthcheck}");
     // Liveness: a Postgres outage or a drain must not get the container restarted.
@@ -95,39 +119,72 @@ async fn the_container_runs_serve_with_the_compose_environment() {
     assert!(app["command"].is_badvalue(), "compose runs the image's command");
     assert!(app["healthcheck"].is_badvalue(), "compose keeps the image's HEALTHCHECK");
     assert!(services["postgres"]["image"].as_str().unwrap().contains(':'));
-    let secret_file = compose["secrets"]["singapay_webhook_secrets"]["file"].as_str().unwrap();
-    assert_eq!(secret_file, "./secrets/singapay_webhook_secrets");
+    // The admin port is published on the host's loopback only; callbacks' port publicly.
+    let ports: Vec<&str> = app["ports"].as_vec().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(ports, ["8080:8080", "127.0.0.1:9090:9090"]);
+    // Every secret is a file under ./secrets, mounted where the service's *_FILE says.
+    let secret_names = |service: &Yaml| -> Vec<String> {
+        service["secrets"].as_vec().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(secret_names(&services["postgres"]), ["postgres_password"]);
+    assert_eq!(secret_names(app), ["database_url", "singapay_webhook_secrets", "singapay_client_secret"]);
+    for name in ["postgres_password", "database_url", "singapay_webhook_secrets", "singapay_client_secret"] {
+        assert_eq!(compose["secrets"][name]["file"].as_str(), Some(format!("./secrets/{name}").as_str()));
+    }
+    assert_eq!(
+        services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"].as_str(),
+        Some("/run/secrets/postgres_password")
+    );
+    assert!(services["postgres"]["environment"]["POSTGRES_PASSWORD"].is_badvalue());
 
-    // The compose environment as the service would see it, with .env supplying only the
-    // Postgres password. Only what cannot exist on this machine is replaced: the `postgres`
-    // host (an empty test database), the fixed ports, and where the secret is mounted.
+    // The compose environment as the service would see it, with .env supplying nothing
+    // secret. Only what cannot exist on this machine is replaced: where the secrets are
+    // mounted (the database URL's file names an empty test database instead of the
+    // `postgres` host), and the fixed ports.
     let (db_url, db) = crate::helpers::empty_database().await;
     let secret = format!("cs_{}", random_hex(8));
     let secrets_dir = tempfile::tempdir().unwrap();
-    let mounted = secrets_dir.path().join("singapay_webhook_secrets");
-    std::fs::write(&mounted, format!("compose={secret}\n")).unwrap();
+    let mounted = |name: &str, content: &str| {
+        let path = secrets_dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    let database_url_file = mounted("database_url", &format!("{db_url}\n"));
+    let webhook_secrets_file = mounted("singapay_webhook_secrets", &format!("compose={secret}\n"));
+    // Empty: reconciliation stays off.
+    let client_secret_file = mounted("singapay_client_secret", "");
     // A drain of one second from .env, passed through like every other setting.
-    let supplied = HashMap::from([("POSTGRES_PASSWORD", "pw0123"), ("SHUTDOWN_DRAIN_SECS", "1")]);
+    let supplied = HashMap::from([("SHUTDOWN_DRAIN_SECS", "1")]);
     let args: Vec<&str> = command.iter().map(String::as_str).collect();
     let (mut server, vars) = process::serve_ready(&args, |port| {
         let admin_port = free_port().unwrap();
-        let mut vars: Vec<(String, String)> = Vec::new();
         // The image's own ENV lines come first; compose's environment overrides them.
-        vars.push(("LISTEN_ADDR".into(), "0.0.0.0:8080".into()));
+        let mut vars: Vec<(String, String)> = image_env.clone();
         let Yaml::Hash(environment) = &app["environment"] else { panic!("environment is a map") };
         for (k, v) in environment {
             let (k, v) = (k.as_str().unwrap(), resolve(v.as_str().unwrap(), &supplied));
+            assert!(
+                !["DATABASE_URL", "SINGAPAY_WEBHOOK_SECRETS", "SINGAPAY_CLIENT_SECRET"].contains(&k),
+                "{k} is a plain variable: secrets come from files"
+            );
             let v = match k {
-                "DATABASE_URL" => {
-                    assert_eq!(v, "postgres://singapay:pw0123@postgres:5432/singapay");
-                    db_url.clone()
+                "DATABASE_URL_FILE" => {
+                    assert_eq!(v, "/run/secrets/database_url");
+                    database_url_file.clone()
                 }
                 "SINGAPAY_WEBHOOK_SECRETS_FILE" => {
                     assert_eq!(v, "/run/secrets/singapay_webhook_secrets");
-                    mounted.display().to_string()
+                    webhook_secrets_file.clone()
+                }
+                "SINGAPAY_CLIENT_SECRET_FILE" => {
+                    assert_eq!(v, "/run/secrets/singapay_client_secret");
+                    client_secret_file.clone()
                 }
                 "LISTEN_ADDR" => v.replace(":8080", &format!(":{port}")),
-                "ADMIN_LISTEN_ADDR" => v.replace(":9090", &format!(":{admin_port}")),
+                "ADMIN_LISTEN_ADDR" => {
+                    assert_eq!(v, "0.0.0.0:9090");
+                    v.replace(":9090", &format!(":{admin_port}"))
+                }
                 _ => v,
             };
             vars.retain(|(name, _)| name != k);
@@ -142,7 +199,7 @@ async fn the_container_runs_serve_with_the_compose_environment() {
         .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
         .expect("compose sets ADMIN_LISTEN_ADDR");
 
-    // The HEALTHCHECK command, with the same environment.
+    // The HEALTHCHECK command, with the same environment: it asks the admin listener.
     let health_args = healthcheck_args(&dockerfile);
     let health_args: Vec<&str> = health_args.iter().map(String::as_str).collect();
     let health = process::spawn(&health_args, &vars);
@@ -410,12 +467,10 @@ async fn sigterm_with_200_callbacks_in_flight_loses_nothing() {
     };
     assert_eq!(post(&server, &secret, &body(0), now()).await, 200);
 
-    // Hold the transaction's row lock so all 200 callbacks stall inside their DB transaction.
+    // Hold a lock on the transactions table so all 200 callbacks stall inside their DB
+    // transaction (a row lock no longer holds up a writer: it leaves that item for later).
     let mut blocker = db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM singapay.transactions WHERE transaction_key = 'disbursement:424242' FOR UPDATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    sqlx::query("LOCK TABLE singapay.transactions IN EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let requests: Vec<_> = (1..=200)
         .map(|n| {
@@ -589,10 +644,7 @@ async fn sigint_with_a_stuck_callback_gives_up_after_the_shutdown_timeout() {
     };
     assert_eq!(post(&server, &secret, &body("01"), now()).await, 200);
     let mut blocker = db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM singapay.transactions WHERE transaction_key = 'disbursement:3131' FOR UPDATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    sqlx::query("LOCK TABLE singapay.transactions IN EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
     let stuck = {
         let (url, secret, body) = (server.url("/webhooks/singapay"), secret.clone(), body("00"));
         tokio::spawn(async move {
@@ -683,6 +735,7 @@ async fn secrets_from_files_and_a_dot_env_configure_serve() {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LISTEN_ADDR", format!("127.0.0.1:{real_port}"))
+            .env("ADMIN_LISTEN_ADDR", "off")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -219,6 +219,8 @@ async fn send_scripts_the_sandbox_and_serve_follows_an_overdue_disbursement_to_i
         "7700000000000000000000000000501",
         "--sandbox",
         &api.url,
+        "--sandbox-token",
+        &api.token,
         "--sandbox-answers",
         "03,00",
     ];

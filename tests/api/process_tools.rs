@@ -1,15 +1,18 @@
 //! Tools for integrators: `send` (a Singapay simulator), `verify` (the signature
-//! explainer) and `replay`.
+//! explainer), `replay` and `sandbox` (Singapay's API stand-in).
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use singapay_webhooks::singapay::webhook::WebhookType;
 use singapay_webhooks::singapay::Body;
 use singapay_webhooks::tools::simulate::{self, Spec};
 
-use crate::helpers::{fresh_database, random_hex, TestApp, DEFAULT_PATH};
-use crate::process::{env, run};
+use crate::helpers::{fresh_database, random_hex, SandboxApi, TestApp, DEFAULT_PATH, SANDBOX_ACCOUNT};
+use crate::process::{env, run, Server};
 
 async fn send(app: &TestApp, args: &[&str]) -> (bool, String, String) {
     let url = app.url(DEFAULT_PATH);
@@ -315,19 +318,91 @@ async fn app_database_url(app: &TestApp) -> String {
     format!("postgres://{}@{}:{}/{db}", options.get_username(), options.get_host(), options.get_port())
 }
 
+/// Collects a child's output, line by line.
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// `sandbox` with these arguments and exactly this environment, once it printed its banner:
+/// the process (its port the one the banner names, its stderr in `logs`) and the banner.
+async fn start_sandbox(args: &[&str], vars: &[(String, String)]) -> (Server, String) {
+    let mut cmd = crate::process::command(crate::process::BIN, vars);
+    cmd.arg("sandbox").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run the binary");
+    let out = collect(child.stdout.take().unwrap());
+    let logs = collect(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let banner = out.lock().unwrap().join("\n");
+        if banner.contains("Ctrl-C stops it.") {
+            let bound: std::net::SocketAddr = banner
+                .split("listening on ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("the banner names the address: {banner}"));
+            return (Server { child, logs, port: bound.port() }, banner);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            panic!("the sandbox exited ({status}): {:?}", logs.lock().unwrap());
+        }
+        assert!(Instant::now() < deadline, "no banner: {banner}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value after `label` on a banner line (`control token : abc…`).
+fn banner_value<'b>(banner: &'b str, label: &str) -> &'b str {
+    let line = banner.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("{banner}"));
+    line.split_once(" : ").unwrap().1.split_whitespace().next().unwrap()
+}
+
+/// A v1.0 (HTTP Basic) token request to the sandbox on `port`: the status.
+async fn basic_token(port: u16, client_secret: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/v1.0/access-token/b2b"))
+        .basic_auth("sandbox-client", Some(client_secret))
+        .header("X-PARTNER-ID", "sandbox-partner")
+        .json(&serde_json::json!({"grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// `sandbox` as a command: with its default credentials it issues a token to a correctly
-/// signed request, answers what is scripted, says "not found" for the rest, and stops on
-/// Ctrl-C.
+/// signed request, answers what is scripted (with the control token it printed, random
+/// each run), says "not found" for the rest, and stops on Ctrl-C.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_command_stands_in_for_singapays_api() {
     use singapay_webhooks::reconcile::client::{ApiClient, ApiSettings};
     use singapay_webhooks::singapay::inquiry::{self, Answer, Subject};
     use singapay_webhooks::singapay::status::Product;
 
-    let port = singapay_webhooks::embedded_pg::free_port().unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = crate::process::serve(&["sandbox", "--listen", &listen], &[], port);
-    server.try_wait_for("/_sandbox/requests").await.expect("the sandbox starts");
+    let (mut server, banner) = start_sandbox(&["--listen", "127.0.0.1:0"], &[]).await;
+    let listen = format!("127.0.0.1:{}", server.port);
+    assert!(banner.starts_with(&format!("Singapay API sandbox listening on {listen} ")), "{banner}");
+    let token = banner_value(&banner, "control token").to_owned();
+    assert!(token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()), "{banner}");
+    assert!(banner.contains(&format!("-H 'X-Sandbox-Token: {token}'")), "a ready-to-paste example: {banner}");
+    let receiver = format!(
+        "SINGAPAY_API_URL=http://{listen} SINGAPAY_API_ALLOW_INSECURE=1 SINGAPAY_CLIENT_ID=sandbox-client \
+         SINGAPAY_CLIENT_SECRET=sandbox-secret SINGAPAY_PARTNER_ID=sandbox-partner"
+    );
+    assert!(banner.contains(&receiver), "what the receiver needs: {banner}");
+    assert!(server.logs.lock().unwrap().is_empty(), "no warning on loopback: {:?}", server.logs.lock().unwrap());
+    let (_other, second) = start_sandbox(&["--listen", "127.0.0.1:0"], &[]).await;
+    assert_ne!(banner_value(&second, "control token"), token, "a new token each run");
+
     let settings = ApiSettings {
         base_url: format!("http://{listen}"),
         client_id: "sandbox-client".into(),
@@ -352,6 +427,7 @@ async fn the_sandbox_command_stands_in_for_singapays_api() {
     assert!(matches!(ask("UNKNOWN").await, Answer::NotFound { .. }));
     let scripted = reqwest::Client::new()
         .post(server.url("/_sandbox/transactions"))
+        .header("X-Sandbox-Token", &token)
         .json(&serde_json::json!({"id": "TOPUP-1", "answers": ["06"]}))
         .send()
         .await
@@ -360,4 +436,223 @@ async fn the_sandbox_command_stands_in_for_singapays_api() {
     assert!(matches!(ask("TOPUP-1").await, Answer::Status { status, .. } if status == "failed"));
     server.signal("INT");
     assert!(server.wait_exit(std::time::Duration::from_secs(10)).await.success());
+}
+
+/// On a wildcard address the sandbox says where it really listens and warns; it still
+/// answers only requests for this machine, and control calls only with its token. (All the
+/// test's traffic goes to 127.0.0.1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_command_warns_off_loopback_and_guards_its_control_routes() {
+    let token = format!("given-{}", random_hex(12));
+    let (mut server, banner) =
+        start_sandbox(&["--listen", "0.0.0.0:0"], &env(&[("SANDBOX_CONTROL_TOKEN", &token)])).await;
+    let bound = format!("0.0.0.0:{}", server.port);
+    assert!(banner.starts_with(&format!("Singapay API sandbox listening on {bound} ")), "{banner}");
+    assert_eq!(banner_value(&banner, "control token"), token);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warning = loop {
+        let logs = server.logs.lock().unwrap().clone();
+        if let Some(line) = logs.iter().find(|l| l.starts_with("WARN")) {
+            break line.clone();
+        }
+        assert!(Instant::now() < deadline, "no warning: {logs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(warning.contains(&format!("listening on {bound}, which is not a loopback address")), "{warning}");
+
+    let http = reqwest::Client::new();
+    let requests = |t: Option<&str>, host: Option<&str>| {
+        let mut r = http.get(server.url("/_sandbox/requests"));
+        if let Some(t) = t {
+            r = r.header("X-Sandbox-Token", t);
+        }
+        if let Some(h) = host {
+            r = r.header("Host", h);
+        }
+        async move { r.send().await.unwrap() }
+    };
+    let cases = [
+        (None, None, 401),
+        (Some("wrong-token-wrong-token"), None, 401),
+        (Some(token.as_str()), Some("evil.example"), 421),
+        (Some(token.as_str()), Some(bound.as_str()), 200),
+        (Some(token.as_str()), None, 200),
+    ];
+    for (t, host, status) in cases {
+        let r = requests(t, host).await;
+        let marked = r.headers().get("x-singapay-sandbox").and_then(|v| v.to_str().ok());
+        assert_eq!((r.status().as_u16(), marked), (status, Some("1")), "{t:?} {host:?}");
+    }
+    let form = http
+        .post(server.url("/_sandbox/revoke"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Origin", "https://evil.example")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 401, "a cross-site form cannot revoke");
+    assert_eq!(
+        http.post(server.url("/_sandbox/revoke")).header("X-Sandbox-Token", &token).send().await.unwrap().status(),
+        204
+    );
+    server.signal("INT");
+    assert!(server.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+/// The client secret never goes on the command line: `--client-secret` is gone, the secret
+/// comes from `--client-secret-file` or SANDBOX_CLIENT_SECRET (else `sandbox-secret`), and
+/// the banner tells the receiver where, not what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_command_takes_its_secrets_from_files_or_the_environment() {
+    let (ok, _, err) = run(&["sandbox", "--listen", "127.0.0.1:0", "--client-secret", "argv-secret"], &[]).await;
+    assert!(!ok && err.contains("--client-secret"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("client-secret");
+    let token_file = dir.path().join("control-token");
+    let file_secret = format!("file-{}", random_hex(8));
+    let file_token = format!("file-token-{}", random_hex(8));
+    std::fs::write(&secret_file, format!("{file_secret}\n")).unwrap();
+    std::fs::write(&token_file, format!("{file_token}\n")).unwrap();
+    let (secret_path, token_path) = (secret_file.to_str().unwrap(), token_file.to_str().unwrap());
+
+    // Given twice, or a token anyone could guess: one line naming it, and no start.
+    let refusals = [
+        (vec!["--client-secret-file", secret_path], vec![("SANDBOX_CLIENT_SECRET", "x")], "SANDBOX_CLIENT_SECRET"),
+        (vec!["--control-token-file", token_path], vec![("SANDBOX_CONTROL_TOKEN", "x")], "SANDBOX_CONTROL_TOKEN"),
+        (vec![], vec![("SANDBOX_CONTROL_TOKEN", "short")], "SANDBOX_CONTROL_TOKEN"),
+        (vec![], vec![("SANDBOX_CONTROL_TOKEN", "has spaces in the middle")], "SANDBOX_CONTROL_TOKEN"),
+    ];
+    for (extra, vars, named) in refusals {
+        let mut args = vec!["sandbox", "--listen", "127.0.0.1:0"];
+        args.extend(extra);
+        let (ok, _, err) = run(&args, &env(&vars)).await;
+        assert!(!ok, "{vars:?} was accepted");
+        assert!(err.lines().count() == 1 && err.contains(named), "{vars:?}: {err}");
+    }
+
+    let args = ["--listen", "127.0.0.1:0", "--client-secret-file", secret_path, "--control-token-file", token_path];
+    let (server, banner) = start_sandbox(&args, &[]).await;
+    assert_eq!(banner_value(&banner, "control token"), file_token);
+    assert!(banner.contains(&format!("SINGAPAY_CLIENT_SECRET_FILE={secret_path}")), "{banner}");
+    assert!(!banner.contains(&file_secret), "{banner}");
+    assert_eq!(basic_token(server.port, &file_secret).await, 200);
+    assert_eq!(basic_token(server.port, "sandbox-secret").await, 401);
+    drop(server);
+
+    let env_secret = format!("env-{}", random_hex(8));
+    let (server, banner) =
+        start_sandbox(&["--listen", "127.0.0.1:0"], &env(&[("SANDBOX_CLIENT_SECRET", &env_secret)])).await;
+    assert!(banner.contains(r#"SINGAPAY_CLIENT_SECRET="$SANDBOX_CLIENT_SECRET""#), "{banner}");
+    assert!(!banner.contains(&env_secret), "{banner}");
+    assert_eq!(basic_token(server.port, &env_secret).await, 200);
+    assert_eq!(basic_token(server.port, "sandbox-secret").await, 401);
+}
+
+/// With the secret of SINGAPAY_WEBHOOK_SECRETS (production's), `send` signs for this machine
+/// only: another host is refused before anything is built, scripted, saved or sent, unless
+/// `--i-mean-production` (checked here with --dry-run only: no traffic leaves the machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_refuses_another_machine_with_the_configured_secret() {
+    let secret = format!("cs_prod_{}", random_hex(12));
+    let configured = env(&[("SINGAPAY_WEBHOOK_SECRETS", &format!("primary={secret}"))]);
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().to_str().unwrap();
+    // Stands in for a sandbox: nothing may connect to it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let sandbox = format!("http://{}", listener.local_addr().unwrap());
+    let far = "http://example.invalid:9/webhooks/singapay";
+    let attempts: [Vec<&str>; 3] = [
+        vec!["--save", save],
+        vec!["--save", save, "--sandbox", &sandbox, "--sandbox-answers", "00", "--sandbox-token", "t"],
+        vec!["--dry-run"],
+    ];
+    for extra in attempts {
+        let mut args = vec!["send", "disbursement", "--url", far];
+        args.extend(extra.iter().copied());
+        let (ok, out, err) = run(&args, &configured).await;
+        assert!(!ok, "{extra:?}: {out}");
+        assert!(
+            err.contains("refusing to sign with the secret of SINGAPAY_WEBHOOK_SECRETS")
+                && err.contains("http://example.invalid, which is not this machine")
+                && err.contains("--i-mean-production"),
+            "{err}"
+        );
+        assert!(!err.contains(&secret) && !out.contains(&secret), "the secret was shown");
+        assert!(out.is_empty(), "{out}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was built");
+    assert!(listener.accept().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock), "nothing was scripted");
+
+    // Printed, not sent: with --i-mean-production, a secret `dev` made, or --secret.
+    let dev = format!("dev=dev_{}", random_hex(24));
+    let explicit = format!("cs_test_{}", random_hex(8));
+    let accepted = [
+        (vec!["--i-mean-production"], configured.clone()),
+        (vec![], env(&[("SINGAPAY_WEBHOOK_SECRETS", &dev)])),
+        (vec!["--secret", &explicit], configured.clone()),
+    ];
+    for (extra, vars) in accepted {
+        let mut args = vec!["send", "disbursement", "--url", far, "--dry-run"];
+        args.extend(extra.iter().copied());
+        let (ok, out, err) = run(&args, &vars).await;
+        assert!(ok && out.contains("Host: example.invalid"), "{extra:?}: {err}");
+    }
+    // This machine, by any of its names: as before.
+    for url in ["http://127.0.0.1:9/w", "http://127.3.2.1:9/w", "http://localhost:9/w", "http://[::1]:9/w"] {
+        let (ok, out, err) = run(&["send", "va-transaction", "--url", url, "--dry-run"], &configured).await;
+        assert!(ok && out.contains("X-Signature: "), "{url}: {err}");
+    }
+}
+
+/// `send` signs with the configured secret for a receiver on this machine and scripts the
+/// sandbox with its control token (`--sandbox-token` or SANDBOX_CONTROL_TOKEN); without it
+/// the sandbox refuses and nothing is posted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_scripts_the_sandbox_with_its_control_token() {
+    use singapay_webhooks::singapay::inquiry::{self, Answer, Subject};
+    use singapay_webhooks::singapay::status::Product;
+
+    let app = TestApp::spawn().await;
+    let api = SandboxApi::start_with_clock(Arc::new(chrono::Utc::now)).await;
+    let configured = env(&[("SINGAPAY_WEBHOOK_SECRETS", &format!("primary={}", app.secret))]);
+    let url = app.url(DEFAULT_PATH);
+    let send = |reference: &'static str, extra: Vec<String>, mut vars: Vec<(String, String)>| {
+        let mut args: Vec<String> = ["send", "disbursement", "--status", "01", "--reference", reference, "--url", &url]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(["--sandbox".into(), api.url.clone(), "--sandbox-answers".into(), "03,00".into()]);
+        args.extend(extra);
+        vars.extend(configured.clone());
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&args, &vars).await
+        }
+    };
+    let (ok, _, err) = send("PAYOUT-T0", vec![], vec![]).await;
+    assert!(!ok && err.contains("the sandbox refused the script (401)") && err.contains("--sandbox-token"), "{err}");
+    let (ok, _, err) = send("PAYOUT-T0", vec!["--sandbox-token".into(), "not-the-token".into()], vec![]).await;
+    assert!(!ok && err.contains("the one given is not it"), "{err}");
+    assert_eq!(app.count("deliveries").await, 0, "nothing was posted");
+
+    let (ok, out, err) = send("PAYOUT-T1", vec!["--sandbox-token".into(), api.token.clone()], vec![]).await;
+    assert!(ok && out.contains("sandbox: asked about PAYOUT-T1") && out.contains("-> 200"), "{out}{err}");
+    let (ok, out, err) = send("PAYOUT-T2", vec![], env(&[("SANDBOX_CONTROL_TOKEN", &api.token)])).await;
+    assert!(ok && out.contains("sandbox: asked about PAYOUT-T2") && out.contains("-> 200"), "{out}{err}");
+    assert_eq!(app.count("deliveries").await, 2);
+
+    let client = api.client(chrono::Utc::now(), Duration::from_secs(5));
+    for reference in ["PAYOUT-T1", "PAYOUT-T2"] {
+        let s = Subject {
+            product: Product::Disbursement,
+            key_id: "T-1",
+            singapay_id: None,
+            merchant_reference: Some(reference),
+        };
+        let asked = client.ask(Product::Disbursement, &inquiry::request(&s, SANDBOX_ACCOUNT).unwrap()).await;
+        assert!(matches!(asked.unwrap().answer, Answer::Status { status, .. } if status == "pending"), "{reference}");
+    }
 }
