@@ -690,6 +690,12 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_never_in_debug_output() {
+        let t = read_token(200, br#"{"data":{"access_token":"tok-visible-123","expires_in":"60"}}"#).unwrap();
+        assert!(!format!("{t:?}").contains("tok-visible-123"));
+    }
+
+    #[test]
     fn token_answers_are_read_leniently() {
         let ok = br#"{"status":200,"success":true,"data":{"access_token":"abc","token_type":"Bearer","expires_in":"216000"}}"#;
         assert_eq!(read_token(200, ok), Ok(Token { access_token: "abc".into(), expires_in_secs: 216_000 }));

@@ -294,3 +294,83 @@ async fn bearer_tokens_are_dropped_after_their_retention_and_verify_checks_a_giv
     let (ok, out, err) = process::run(&["verify", "--delivery", &id.to_string(), "--token", token], &vars).await;
     assert!(ok && out.contains("result: match"), "{out}{err}");
 }
+
+/// Findings 3 and 4 through the real binary: a database turned read-only (as after a
+/// failover) gets every callback answered 503 (Singapay retries it four times), and
+/// `/readyz` says why until writes work again; a transaction row locked by another session
+/// holds up neither unrelated callbacks nor readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_answers_503_and_a_locked_row_stalls_nothing_else() {
+    let (server, secret, db) = process::serve_fresh(&[]).await;
+    let post = |id: &str, code: &str| {
+        let (secret, body) = (secret.clone(), disbursement(id, &format!("REF-{id}"), "SP000", Some(code)));
+        let port = server.port;
+        async move { process::post_signed(port, &secret, &body).await }
+    };
+    let readyz = || async {
+        let r = reqwest::get(server.url("/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(post("7700000000000000000000000000951", "03").await, 200);
+
+    // Another session holds the row of 951; unrelated callbacks are stored at once.
+    let mut holder = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM singapay.transactions WHERE transaction_key LIKE '%951' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    for n in 952..956 {
+        let started = std::time::Instant::now();
+        assert_eq!(post(&format!("7700000000000000000000000000{n}"), "00").await, 200);
+        assert!(started.elapsed() < Duration::from_secs(5), "held up by another transaction's lock");
+    }
+    assert_eq!(readyz().await.0, 200);
+    holder.rollback().await.unwrap();
+
+    // Read-only: new sessions may not write; the app's are made to reconnect.
+    let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&db).await.unwrap();
+    let set_read_only = |on: bool| {
+        let (db, name) = (db.clone(), name.clone());
+        async move {
+            let verb =
+                if on { "SET default_transaction_read_only = on" } else { "RESET default_transaction_read_only" };
+            sqlx::query(&format!("ALTER DATABASE \"{name}\" {verb}")).execute(&db).await.unwrap();
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'singapay-webhooks'",
+            )
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    set_read_only(true).await;
+    for n in 960..963 {
+        assert_eq!(post(&format!("7700000000000000000000000000{n}"), "00").await, 503, "read-only");
+    }
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database_read_only"), "{body}");
+    set_read_only(false).await;
+    assert_eq!(post("7700000000000000000000000000964", "00").await, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while readyz().await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "readiness did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Finding 5 through the real binary: a base64 secret with one `=` of padding is refused at
+/// start-up by its position and length; no part of it reaches the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_secret_never_reaches_the_output() {
+    let secret = "c2VjcmV0c2VjcmV0c2VjcmV0MTIzNA=";
+    let vars = env(&[
+        ("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none"),
+        ("SINGAPAY_WEBHOOK_SECRETS", &format!("main=abcdefghijklmnopqr,{secret}")),
+    ]);
+    let (ok, out, err) = process::run(&["serve"], &vars).await;
+    assert!(!ok);
+    assert!(err.contains("SINGAPAY_WEBHOOK_SECRETS") && err.contains("entry 2 (31 characters)"), "{err}");
+    assert!(!format!("{out}{err}").contains(&secret[..20]), "{err}");
+}
