@@ -147,6 +147,7 @@ fn main() {
                     &c.transaction_key,
                     "bench",
                     &Next::Release { after_secs: 0, error: String::new() },
+                    "not_asked",
                 )
                 .await
                 .unwrap();

@@ -9,7 +9,9 @@
 --   else (no UPDATE of singapay.transactions, no bearer or body in deliveries). The queue
 --   functions and request_check run as their owner (SECURITY DEFINER, with a fixed
 --   search_path) so the role needs no table privileges; grant it to each consumer's login
---   role: GRANT singapay_consumer TO orders_service. Roles belong to the cluster: the role
+--   role: GRANT singapay_consumer TO orders_service. Roles that already had privileges on
+--   the singapay tables keep EXECUTE on these functions (existing consumers go on working);
+--   other roles lose it (PUBLIC's is revoked). Roles belong to the cluster: the role
 --   is created only when the migrating user may create roles (else a NOTICE; docs/
 --   operations.md has the statements for an administrator), and creating it concurrently
 --   from two databases is harmless.
@@ -63,6 +65,21 @@ ALTER FUNCTION singapay.ack_events(bigint[], text) SECURITY DEFINER SET search_p
 ALTER FUNCTION singapay.nack_event(bigint, text, text, interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION singapay.nack_events(bigint[], text, text, interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION singapay.request_check(text, text, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- Roles that consume today (any privilege on a singapay table) keep calling them; no one
+-- else may run them with the owner's rights.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT grantee FROM information_schema.role_table_grants
+              WHERE table_schema = 'singapay' AND grantee NOT IN ('PUBLIC', current_user) LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION singapay.claim_events(text, integer, interval),
+            singapay.ack_event(bigint, text), singapay.ack_events(bigint[], text),
+            singapay.nack_event(bigint, text, text, interval), singapay.nack_events(bigint[], text, text, interval),
+            singapay.request_check(text, text, text) TO %I', r.grantee);
+    END LOOP;
+END
+$$;
 REVOKE EXECUTE ON FUNCTION singapay.claim_events(text, integer, interval), singapay.ack_event(bigint, text),
     singapay.ack_events(bigint[], text), singapay.nack_event(bigint, text, text, interval),
     singapay.nack_events(bigint[], text, text, interval), singapay.request_check(text, text, text) FROM PUBLIC;

@@ -430,7 +430,14 @@ impl Env<'_> {
         }
         let base_url = api_url.unwrap_or_default().trim().trim_end_matches('/').to_owned();
         match reqwest::Url::parse(&base_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() => {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.username().is_empty()
+                    && u.password().is_none() =>
+            {
                 // Statuses move money: only Singapay's own hosts, over TLS, unless a
                 // developer says otherwise (the local sandbox).
                 let singapay = u.host_str().is_some_and(|h| h == "singapay.id" || h.ends_with(".singapay.id"));
@@ -444,7 +451,7 @@ impl Env<'_> {
             _ => {
                 return Err(bad(
                     "SINGAPAY_API_URL",
-                    "must be an https URL such as https://payment-b2b.singapay.id (no query)",
+                    "must be an https URL such as https://payment-b2b.singapay.id (no query, fragment or user)",
                 ))
             }
         }
@@ -509,6 +516,9 @@ fn api_credentials(
     if !single && ids.iter().any(|(l, _)| l.is_none()) {
         return Err(bad(IDS, "give one bare client id, or label=client_id entries for several credentials"));
     }
+    if ids.is_empty() {
+        return Err(bad(IDS, "names no client id"));
+    }
     let mut creds: Vec<(String, String)> = Vec::new();
     for (label, id) in ids {
         let label = label.unwrap_or_else(|| "default".to_owned());
@@ -516,6 +526,23 @@ fn api_credentials(
             return Err(bad(IDS, format!("label {label:?} appears twice")));
         }
         creds.push((label, id));
+    }
+    if !single {
+        // Every entry is one credential's: a part without a known label is a secret that
+        // held a ',' or a typo, never silently dropped (named by position, not content).
+        for (n, entry) in entries(client_secrets).iter().enumerate() {
+            let known = entry.split_once('=').is_some_and(|(l, _)| creds.iter().any(|(c, _)| c == l.trim()));
+            if !known {
+                return Err(bad(
+                    SECRETS,
+                    format!(
+                        "entry {} ({} characters) does not start with a label of SINGAPAY_CLIENT_ID and '=' (a secret cannot hold ',' or a line break)",
+                        n + 1,
+                        entry.chars().count()
+                    ),
+                ));
+            }
+        }
     }
     let secret_of = |label: &str| -> Result<String, ConfigError> {
         if single {
@@ -878,6 +905,14 @@ mod tests {
         let mut v = vars.to_vec();
         v[4].1 = "ACC-1, nobody=ACC-9";
         assert_eq!(reconcile(&v).unwrap_err().var, "SINGAPAY_ACCOUNT_ID");
+        // A secret entry without a known label (a ',' inside a secret) is refused, by position.
+        let mut v = vars.to_vec();
+        v[2].1 = "default=secret-1=,shop2=sec,ret";
+        let e = reconcile(&v).unwrap_err();
+        assert!(e.why.contains("entry 3 (3 characters)") && !e.why.contains("ret\""), "{e}");
+        let mut v = vars.to_vec();
+        v[1].1 = " , ";
+        assert_eq!(reconcile(&v).unwrap_err().var, "SINGAPAY_CLIENT_ID");
         // A bare account with several credentials and none labelled default has no owner.
         let mut v = vars.to_vec();
         v[1].1 = "main=client-1, shop2=client-2";
@@ -942,6 +977,9 @@ mod tests {
             let e = with(url, None).unwrap_err();
             assert_eq!(e.var, "SINGAPAY_API_URL", "{url}");
             assert!(e.why.contains("SINGAPAY_API_ALLOW_INSECURE=1"), "{e}");
+        }
+        for url in ["https://payment-b2b.singapay.id#", "https://user:pw@payment-b2b.singapay.id"] {
+            assert_eq!(with(url, Some("1")).unwrap_err().var, "SINGAPAY_API_URL", "{url}");
         }
         let dev = with("http://127.0.0.1:8090", Some("1")).unwrap().unwrap();
         assert!(dev.credentials[0].api.allow_insecure);

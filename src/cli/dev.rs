@@ -84,8 +84,8 @@ async fn run(
 ) -> Result<()> {
     embedded_pg::ensure_database(cluster, DATABASE).await?;
     let url = cluster.url(DATABASE);
+    store::migrate(&SecretString::from(url.clone())).await.context("applying migrations")?;
     let pool = store::pool(&SecretString::from(url.clone()), settings.db_max_connections)?;
-    store::MIGRATOR.run(&pool).await.context("applying migrations")?;
 
     let generated = settings.credentials.is_empty();
     if generated {

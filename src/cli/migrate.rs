@@ -6,10 +6,8 @@ pub async fn migrate(env: &Env<'_>, file: &EnvFile) -> Result<()> {
     let database_url = env.require_database_url()?;
     telemetry::init(env.log_format()?, env.log_filter()?);
     file.announce();
-    let pool = store::pool(&database_url, 2)?;
-    store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+    store::migrate(&database_url).await.context("applying migrations")?;
     let n = store::MIGRATOR.iter().count();
     tracing::info!(migrations = n, "database schema is up to date");
-    pool.close().await;
     Ok(())
 }

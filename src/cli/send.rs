@@ -323,6 +323,10 @@ async fn script_sandbox(
     if matches!(change.product, Product::Qris | Product::PaymentLink | Product::Ewallet) {
         script["reff_no"] = webhook::key_id(&change.transaction_key).into();
     }
+    // Money-out answers carry Singapay's transaction_id, which the reconciler compares.
+    if change.product.is_money_out() {
+        script["transaction_id"] = webhook::key_id(&change.transaction_key).into();
+    }
     let url = format!("{}/_sandbox/transactions", sandbox.url.trim_end_matches('/'));
     let mut request = client.post(&url).json(&script);
     if let Some(token) = sandbox.token {

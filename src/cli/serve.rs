@@ -24,7 +24,7 @@ async fn run(
     let signals = startup::Signals::install()?;
     let pool = store::pool(database_url, settings.db_max_connections).context("DATABASE_URL")?;
     if migrate {
-        store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+        store::migrate(database_url).await.context("applying migrations")?;
     } else {
         // Said once at start (in the background: Postgres may be away, and start-up does
         // not wait for it); intake repeats it at most once a minute while callbacks get 503.

@@ -270,6 +270,9 @@ impl ApiClient {
                 }
             }
         }
+        // A row seen on two pages (the list moved between reads) is one row.
+        exact.sort();
+        exact.dedup();
         let answer = match exact.as_slice() {
             [id] => match inquiry::read_found(read_prefix, id, reff_no) {
                 Some(Lookup::Read { request, identity }) => {
@@ -292,7 +295,12 @@ impl ApiClient {
             },
             [] => Answer::NotFound { response_code: None },
             many => Answer::Ambiguous {
-                reason: format!("{} rows have reff_no {reff_no:?} (ids {})", many.len(), many.join(", ")),
+                reason: format!(
+                    "{} rows have reff_no {reff_no:?} (ids {}{})",
+                    many.len(),
+                    many.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                    if many.len() > 5 { ", …" } else { "" }
+                ),
             },
         };
         let (request, raw) = last.expect("a page was read");

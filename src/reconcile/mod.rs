@@ -543,6 +543,7 @@ impl Reconciler {
             account_id: None,
             identified_by: None,
         };
+        let claimed = Instant::now();
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         let planned = self.plan(&mut conn, &c).await?;
         drop(conn);
@@ -551,13 +552,18 @@ impl Reconciler {
             Err((next, why)) => return self.settle(&c, not_asked(next, &why)).await,
         };
         let backoff = self.settings.backoff_after(c.asked);
-        let asked = tokio::time::timeout(self.settings.check_deadline(), self.ask_each(product, &lookups)).await;
+        // The lease runs from the claim: planning counted, and room left to write.
+        let deadline = self.settings.check_deadline().saturating_sub(claimed.elapsed());
+        let asked = tokio::time::timeout(deadline, self.ask_each(product, &lookups)).await;
         let (exchanges, errors, skipped) = match asked {
             Ok(asked) => asked,
             Err(_) => {
-                let error = "the questions took longer than a check's lease; asking again later".to_owned();
-                tracing::warn!(transaction_key = %c.transaction_key, "{error}");
-                (Vec::new(), vec![error], 0)
+                // Counted as an answer that could not be applied: a check that never ends
+                // in time is flagged for a person, not asked in silence forever.
+                let error = "the questions took longer than a check's lease".to_owned();
+                tracing::warn!(transaction_key = %c.transaction_key, "{error}; asking again later");
+                let next = self.unreadable_next(&c, product, "timeout", backoff);
+                return self.settle_as(&c, not_asked(next, &error), "unreadable").await;
             }
         };
         // The deciding exchange: a status about our record, else the answer that says most
@@ -581,7 +587,8 @@ impl Reconciler {
                 errors.join("; ")
             };
             counter!(metric::INQUIRIES, "product" => product.as_str(), "answer" => "no_token").increment(1);
-            let next = Next::Release { after_secs: backoff, error: error.clone() };
+            let after_secs = if skipped > 0 { self.settings.backoff_max.as_secs() } else { backoff };
+            let next = Next::Release { after_secs, error: error.clone() };
             return self.settle(&c, not_asked(next, &error)).await;
         };
         let mut records = Vec::with_capacity(exchanges.len());
@@ -612,16 +619,18 @@ impl Reconciler {
                         });
                         response_code = code.clone();
                         identified_by = by.clone();
-                        if status::rank(product, s) == Some(4) {
+                        // A binding is not a payment: its status, whatever it is, answers the check.
+                        if status::rank(product, s) == Some(4) || product == Product::DirectDebit {
                             Next::Done
                         } else {
                             Next::Again { after_secs: backoff }
                         }
                     }
-                    Answer::NotFound { .. } if inconclusive => Next::Release {
-                        after_secs: backoff,
-                        error: format!("not found where asked; not asked: {}", not_asked_where(&errors, skipped)),
-                    },
+                    Answer::NotFound { .. } if inconclusive => self.refused_next(
+                        &c,
+                        product,
+                        format!("not found where asked; not asked: {}", not_asked_where(&errors, skipped)),
+                    ),
                     Answer::NotFound { .. } => {
                         let seen = c.not_found + 1;
                         if seen as u32 >= self.settings.not_found_attempts {
@@ -633,18 +642,10 @@ impl Reconciler {
                         }
                     }
                     Answer::Unreadable { .. } | Answer::Mismatch { .. } | Answer::Ambiguous { .. } => {
-                        let seen = c.unreadable + 1;
-                        if seen as u32 >= self.settings.unreadable_attempts {
-                            let why = format!("{seen} answers could not be applied; the last: {answer}");
-                            tracing::warn!(transaction_key = %c.transaction_key, reason = c.reason.as_str(), answers = seen, "reconciliation flagged a transaction for a person: Singapay's answers about it cannot be applied");
-                            counter!(metric::RECONCILE_FLAGGED, "product" => product.as_str()).increment(1);
-                            Next::Flag(why)
-                        } else {
-                            Next::Again { after_secs: backoff }
-                        }
+                        self.unreadable_next(&c, product, answer, backoff)
                     }
                     Answer::RetryLater { .. } | Answer::TokenRejected => Next::Again { after_secs: backoff },
-                    Answer::Forbidden { cause, .. } => Next::Release { after_secs: backoff, error: cause.clone() },
+                    Answer::Forbidden { cause, .. } => self.refused_next(&c, product, cause.clone()),
                 }
             };
             match &exchange.answer {
@@ -791,7 +792,18 @@ impl Reconciler {
                     cause.clone(),
                     "this account belongs to another credential (SP403) or the credential lacks the permission: configure the account under the credential that owns it",
                 ),
-                _ => self.resume(label, account),
+                Answer::TokenRejected => self.stop(
+                    label,
+                    "a fresh access token was refused too (HTTP 401 / SP013)".to_owned(),
+                    "check this credential's partner id (X-PARTNER-ID) and client id against the dashboard",
+                ),
+                // Singapay took the question (a fault or no answer says nothing either way).
+                Answer::Status { .. }
+                | Answer::NotFound { .. }
+                | Answer::Mismatch { .. }
+                | Answer::Ambiguous { .. }
+                | Answer::Unreadable { .. } => self.resume(label, account),
+                Answer::RetryLater { .. } => {}
             }
             let found = matches!(exchange.answer, Answer::Status { .. });
             exchanges.push((*i, account.clone(), exchange));
@@ -803,11 +815,43 @@ impl Reconciler {
     }
 
     async fn settle(&self, c: &Check, outcome: Outcome) -> Result<Outcome, StoreError> {
+        self.settle_as(c, outcome, "not_asked").await
+    }
+
+    /// Settles a check with no inquiry to record; `answer` counts as [`inquiries::finish_check`]
+    /// counts answers.
+    async fn settle_as(&self, c: &Check, outcome: Outcome, answer: &str) -> Result<Outcome, StoreError> {
         if let Next::GiveUp(why) | Next::Flag(why) = &outcome.next {
             tracing::warn!(transaction_key = %c.transaction_key, reason = c.reason.as_str(), why = %why, "reconciliation gave up on a check");
         }
-        inquiries::settle(&self.pool, &c.transaction_key, &self.who, &outcome.next).await?;
+        inquiries::settle(&self.pool, &c.transaction_key, &self.who, &outcome.next, answer).await?;
         Ok(outcome)
+    }
+
+    /// After an answer that cannot be applied: again after the backoff, or flagged for a
+    /// person at `unreadable_attempts`.
+    fn unreadable_next(&self, c: &Check, product: Product, answer: &str, backoff: u64) -> Next {
+        let seen = c.unreadable + 1;
+        if (seen as u32) < self.settings.unreadable_attempts {
+            return Next::Again { after_secs: backoff };
+        }
+        tracing::warn!(transaction_key = %c.transaction_key, reason = c.reason.as_str(), answers = seen, "reconciliation flagged a transaction for a person: Singapay's answers about it cannot be applied");
+        counter!(metric::RECONCILE_FLAGGED, "product" => product.as_str()).increment(1);
+        Next::Flag(format!("{seen} answers could not be applied; the last: {answer}"))
+    }
+
+    /// After a refusal (or "not found" where an owner refused): given back uncounted, due
+    /// when the pause ends; refusals count towards the flag, so an account refused for good
+    /// does not keep a check asked forever.
+    fn refused_next(&self, c: &Check, product: Product, error: String) -> Next {
+        if c.unreadable as u32 + 1 >= self.settings.unreadable_attempts {
+            counter!(metric::RECONCILE_FLAGGED, "product" => product.as_str()).increment(1);
+            return Next::Flag(format!(
+                "refused or unanswered by its owner {} times; the last: {error}",
+                c.unreadable + 1
+            ));
+        }
+        Next::Release { after_secs: self.settings.backoff_max.as_secs(), error }
     }
 
     /// Sets the checks gauge (`singapay_reconcile_checks{reason,state}`).

@@ -112,6 +112,10 @@ pub fn read_token(http_status: u16, body: &[u8]) -> Result<Token, TokenRefused> 
     let Some(access_token) = field("access_token").and_then(text) else {
         return Err(TokenRefused::Other(format!("{}: no access_token in the answer", message())));
     };
+    // A token goes into a header: one a header cannot carry would fail every question.
+    if access_token.len() > 4096 || !access_token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(TokenRefused::Other(format!("{}: the access_token is not a header value", message())));
+    }
     let life = field("expires_in").and_then(|e| e.as_text()).and_then(|e| {
         let e = e.trim();
         e.parse::<i128>().ok().or_else(|| e.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i128))
@@ -278,7 +282,8 @@ pub fn lookup(s: &Subject<'_>, account_id: &str) -> Option<Lookup> {
     };
     // Money-out's reference_number is at most 64 characters.
     let reference = || (id.len() <= 64).then_some(id);
-    let by_reference = || vec![("reference_number", id.to_owned())];
+    // Money-out keys are Singapay's transaction_id; the reference is the merchant's.
+    let by_reference = || vec![("reference_number", id.to_owned()), ("transaction_id", s.key_id.to_owned())];
     let search = |list: &str, read: &str| {
         Some(Lookup::Search {
             list: format!("/api/v1.0/{list}/{account}?reff_no={}", query_value(s.key_id)?),
@@ -597,6 +602,7 @@ pub fn read_list(http_status: u16, body: &[u8], reff_no: &str, truncated: bool) 
         .iter()
         .filter(|r| r.get("reff_no").and_then(text).is_some_and(|r| r == reff_no))
         .filter_map(|r| r.get("id").and_then(text))
+        .map(|id| bounded(&id))
         .collect();
     let v = v.as_ref().expect("rows came from it");
     let page = |names: &[&str]| {

@@ -277,10 +277,11 @@ pub async fn known(conn: &mut PgConnection, check: &Check) -> Result<Known, sqlx
     .await
 }
 
-/// Settles a check that was not asked about (nothing to record in `inquiries`).
-pub async fn settle(pool: &PgPool, key: &str, who: &str, next: &Next) -> Result<(), sqlx::Error> {
+/// Settles a check with nothing to record in `inquiries` (not asked, or its questions
+/// ran out of time: `answer` says which, as [`finish_check`] counts it).
+pub async fn settle(pool: &PgPool, key: &str, who: &str, next: &Next, answer: &str) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    finish_check(&mut conn, key, who, next, None, "not_asked").await
+    finish_check(&mut conn, key, who, next, None, answer).await
 }
 
 /// Applies `next` to `key`'s check, if `who` still holds its lease (a replica whose lease
@@ -294,8 +295,13 @@ pub(super) async fn finish_check(
     inquiry_id: Option<i64>,
     answer: &str,
 ) -> Result<(), sqlx::Error> {
-    let not_found = answer == "not_found";
-    let unreadable = i32::from(matches!(answer, "unreadable" | "mismatch" | "ambiguous"));
+    // A "not found" that is given back (an owner refused) is not Singapay's word on it;
+    // refusals count with the answers that cannot be applied, towards the flag.
+    let released = matches!(next, Next::Release { .. });
+    let not_found = answer == "not_found" && !released;
+    let unreadable = i32::from(
+        matches!(answer, "unreadable" | "mismatch" | "ambiguous" | "forbidden") || (answer == "not_found" && released),
+    );
     // (state, ask again after, "not found" answers to add, asks to take back, error)
     let (state, after_secs, not_found, uncount, error) = match next {
         Next::Keep => return Ok(()),

@@ -200,6 +200,8 @@ impl Refusal {
 /// batch's (no split); only errors about one item's data split it.
 pub fn failure(e: &sqlx::Error) -> Failure {
     match e {
+        // A pool that timed out is also what a database that went away looks like (every
+        // connection attempt failing until the acquire timeout).
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
@@ -321,6 +323,22 @@ pub fn pool(database_url: &SecretString, max_connections: u32) -> Result<PgPool,
         // of being returned (intake retries on a new one), and the pool opens replacements.
         .test_before_acquire(false)
         .connect_lazy_with(options))
+}
+
+/// Applies the embedded migrations on a connection of its own, without the service's
+/// statement and lock timeouts: an index built `CONCURRENTLY` on a large table takes as long
+/// as it takes (cut off, it would leave an invalid index behind that `IF NOT EXISTS` then
+/// takes for done). Each transactional migration sets its own `lock_timeout`.
+pub async fn migrate(database_url: &SecretString) -> Result<(), sqlx::migrate::MigrateError> {
+    let options: PgConnectOptions = database_url.expose_secret().parse()?;
+    let options = options
+        .application_name("singapay-webhooks migrate")
+        .options([("statement_timeout", "0"), ("lock_timeout", "0")]);
+    let pool =
+        PgPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(30)).connect_with(options).await?;
+    let result = MIGRATOR.run(&pool).await;
+    pool.close().await;
+    result
 }
 
 /// The channel consumers `LISTEN` on (docs/consuming.md).

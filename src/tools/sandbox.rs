@@ -51,7 +51,9 @@
 //!   answers on every endpoint. `reff_no` defaults to `id`; `record_id` (positive) to `id`
 //!   when that is a number no other record has, else to the next of a sequence starting at 1000 and always above every record id so far; without
 //!   `account` the record exists on every account. Posting the same `id` and `product` again
-//!   replaces the script (and keeps the `record_id` unless one is given).
+//!   replaces the script (and keeps the `record_id` unless one is given). A money-out record
+//!   may give `transaction_id` (Singapay's id, the receiver's key): its answers carry it,
+//!   and a receiver compares it; without it, money-out answers leave it out.
 //!   Each read of a record (by id, money-out, direct debit) takes the next answer, the last one
 //!   repeating; lists take none and show each record as of its latest answer taken (the first
 //!   before any read; a fault shows as `open` for QRIS, `pending` otherwise). An answer is:
@@ -259,6 +261,9 @@ struct Record {
     id: String,
     product: Option<Kind>,
     reff_no: String,
+    /// Singapay's id of a money-out transaction (the receiver's key), when scripted:
+    /// money-out answers carry it.
+    transaction_id: Option<String>,
     record_id: u64,
     account: Option<String>,
     answers: Vec<Answer>,
@@ -290,6 +295,7 @@ impl Record {
 struct Read {
     id: String,
     reff_no: String,
+    transaction_id: Option<String>,
     record_id: u64,
     answer: Answer,
 }
@@ -410,7 +416,13 @@ impl Sandbox {
             .or_else(|| records.iter().position(|r| r.serves(kind, account) && r.id == asked))?;
         let record = &mut records[at];
         let answer = record.take();
-        Some(Read { id: record.id.clone(), reff_no: record.reff_no.clone(), record_id: record.record_id, answer })
+        Some(Read {
+            id: record.id.clone(),
+            reff_no: record.reff_no.clone(),
+            transaction_id: record.transaction_id.clone(),
+            record_id: record.record_id,
+            answer,
+        })
     }
 }
 
@@ -819,6 +831,7 @@ async fn money_out(sb: Shared, kind: Kind, account: String, uri: Uri, headers: H
     };
     sb.log_concurrent("inquiry", path, Some(reference.clone()), &read.answer.label(), others);
     let now = (sb.config.clock)();
+    let transaction_id = read.transaction_id.clone();
     respond(read.answer, |code, fields| {
         let desc = match code {
             "00" => "Success",
@@ -834,10 +847,12 @@ async fn money_out(sb: Shared, kind: Kind, account: String, uri: Uri, headers: H
         let processed = if code == "00" { now.timestamp_millis().to_string() } else { String::new() };
         let mut data = json!({
             "reference_number": reference,
-            "transaction_id": format!("SB{reference}"),
             "transaction_status": { "code": code, "desc": desc },
             "processed_timestamp": processed,
         });
+        if let Some(t) = &transaction_id {
+            data["transaction_id"] = json!(t);
+        }
         let (status, response_code, message) = if code == "06" {
             data["failed_reason"] = json!("Transfer rejected by the beneficiary bank");
             data["failed_code"] = json!("BANK_REJECTED");
@@ -908,7 +923,7 @@ async fn read_by_id(
         };
     };
     sb.log_concurrent("inquiry", path, Some(id), &read.answer.label(), others);
-    let Read { id, reff_no, record_id, answer } = read;
+    let Read { id, reff_no, record_id, answer, .. } = read;
     respond(answer, move |status, fields| match kind {
         Kind::DirectDebit | Kind::DirectDebitCharge => {
             let key = if kind == Kind::DirectDebit { "binding_id" } else { "transaction_id" };
@@ -1067,6 +1082,11 @@ async fn script(State(sb): State<Shared>, Json(body): Json<Value>) -> Response {
             }
         },
     };
+    let transaction_id = match body.get("transaction_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+        Some(_) => return unprocessable("transaction_id must be a non-empty string"),
+    };
     let record_id = match body.get("record_id") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64().filter(|n| *n > 0) {
@@ -1096,8 +1116,16 @@ async fn script(State(sb): State<Shared>, Json(body): Json<Value>) -> Response {
         return (StatusCode::CONFLICT, format!("record_id {record_id} is another record's")).into_response();
     }
     state.next_record_id = state.next_record_id.max(record_id.saturating_add(1));
-    let record =
-        Record { reff_no: reff_no.unwrap_or_else(|| id.clone()), id, product, record_id, account, answers, asked: 0 };
+    let record = Record {
+        reff_no: reff_no.unwrap_or_else(|| id.clone()),
+        id,
+        product,
+        transaction_id,
+        record_id,
+        account,
+        answers,
+        asked: 0,
+    };
     let answer = json!({ "id": record.id, "record_id": record_id });
     match existing {
         Some(i) => state.records[i] = record,

@@ -34,10 +34,12 @@ async fn transactions(admin: &mut PgConnection, db: &str) -> (i64, i64) {
         .unwrap()
 }
 
-/// Backends connected to `db`; only the app's with `app_only`.
+/// Client backends connected to `db` (not autovacuum, which visits every database on its
+/// own schedule); only the app's with `app_only`.
 async fn backends(admin: &mut PgConnection, db: &str, app_only: bool) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND ($2 = '' OR application_name = $2)",
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = $1 AND backend_type = 'client backend' AND ($2 = '' OR application_name = $2)",
     )
     .bind(db)
     .bind(if app_only { APP } else { "" })

@@ -60,7 +60,14 @@ impl Fixture {
         };
         let asked = self.asked.clone();
         match self.product.as_str() {
-            p @ ("disbursement" | "ewallet_topup" | "qris_issuer") => (format!("{p}:FX{n}"), None, Some(asked)),
+            // Money-out is keyed by Singapay's transaction_id.
+            p @ ("disbursement" | "ewallet_topup" | "qris_issuer") => {
+                let id = self
+                    .data_text("transaction_id")
+                    .filter(|_| self.outcome() == "status")
+                    .unwrap_or_else(|| format!("FX{n}"));
+                (format!("{p}:{id}"), None, Some(asked))
+            }
             "va" => (format!("va:{asked}"), Some(asked), None),
             "qris" => (format!("qris:{}", ours("FXQ")), Some(asked), None),
             "payment_link" => (format!("payment_link:{}", ours("FXP")), None, None),
@@ -189,7 +196,10 @@ async fn store(
     sqlx::query(
         "INSERT INTO singapay.transactions (transaction_key, product, singapay_id, merchant_reference, status, version)
          VALUES ($1, $2, $3, $4, $5, 1)
-         ON CONFLICT (transaction_key) DO UPDATE SET status = excluded.status",
+         ON CONFLICT (transaction_key) DO UPDATE
+            SET status = excluded.status,
+                singapay_id = coalesce(excluded.singapay_id, singapay.transactions.singapay_id),
+                merchant_reference = coalesce(excluded.merchant_reference, singapay.transactions.merchant_reference)",
     )
     .bind(key)
     .bind(product)
@@ -263,15 +273,18 @@ async fn no_answer_moves_a_transaction_it_was_not_asked_about() {
     }
     let mut wrong = Vec::new();
     for (n, f) in &all {
-        let (key, _, _) = f.subject(*n);
+        let (key, singapay_id, reference) = f.subject(*n);
         // The asked transaction starts over; everything else is as it was.
-        store(&app, &key, &f.product, None, None, initial(&f.product)).await;
+        store(&app, &key, &f.product, singapay_id.as_deref(), reference.as_deref(), initial(&f.product)).await;
         let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
         let raw = match &f.body {
             Some(b) => json!({"http_status": f.http_status, "body": b}),
             None => json!({"http_status": f.http_status, "body_text": f.body_text.clone().unwrap_or_default()}),
         };
         let mut script = json!({"id": f.asked, "answers": [raw]});
+        if matches!(f.product.as_str(), "disbursement" | "ewallet_topup" | "qris_issuer") {
+            script["transaction_id"] = json!(singapay_webhooks::singapay::webhook::key_id(&key));
+        }
         if f.product == "payment_link" {
             // Found by its exact reff_no in the list, then read by its id.
             let id: i64 = f.asked.parse().expect("a history id");

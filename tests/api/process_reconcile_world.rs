@@ -185,7 +185,7 @@ async fn a_failed_transfer_answered_sp001_at_http_400_is_failed() {
     let id = "7700000000000000000000000000601";
     let key = format!("disbursement:{id}");
     assert_eq!(app.send(&disbursement(id, "PAYOUT-F-1", "SP005", None)).await.status, 200);
-    api.script("PAYOUT-F-1", &["06"]).await;
+    record(&api, json!({"id": "PAYOUT-F-1", "transaction_id": id, "answers": ["06"]})).await;
     let out = reconcile(&vars, &key).await;
     assert!(out.contains("answer=status") && out.contains("status=failed transition=applied"), "{out}");
     assert_eq!(status_of(&db, &key).await.as_deref(), Some("failed"));
@@ -197,6 +197,17 @@ async fn a_failed_transfer_answered_sp001_at_http_400_is_failed() {
     let checks: i64 =
         sqlx::query_scalar("SELECT count(*) FROM singapay.reconcile_checks").fetch_one(&db).await.unwrap();
     assert_eq!(checks, 0, "a final status ends the check");
+
+    // The same reference answered for another transaction id (a reference reused on
+    // another account, or a check requested with the wrong one): never applied.
+    let other = "7700000000000000000000000000602";
+    let other_key = format!("disbursement:{other}");
+    assert_eq!(app.send(&disbursement(other, "PAYOUT-F-2", "SP005", None)).await.status, 200);
+    record(&api, json!({"id": "PAYOUT-F-2", "transaction_id": "7700000000000000000000000000999", "answers": ["00"]}))
+        .await;
+    let out = reconcile(&vars, &other_key).await;
+    assert!(out.contains("answer=mismatch"), "{out}");
+    assert_eq!(status_of(&db, &other_key).await, None, "nothing applied");
 }
 
 /// A direct-debit binding is asked at the binding endpoint and its status goes through the
