@@ -121,7 +121,7 @@ async fn silent_connections_beyond_the_descriptor_limit_make_way_for_callbacks()
     // The server's log is read by a thread as it comes: give the warning a moment to arrive.
     let warned =
         |text: &str| text.contains("connection limit reached") || text.contains("accepting a connection failed");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !warned(&server.log_text()) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
