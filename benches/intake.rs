@@ -340,12 +340,17 @@ struct Receiver {
 impl Receiver {
     fn start(rt: &tokio::runtime::Runtime, binary: &str, url: &str) -> Receiver {
         let port = free_port().unwrap();
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        // /metrics on the callback port (this build's admin listener is on by default; a
+        // baseline older than it serves /metrics there already and refuses "off").
+        if std::env::var("BENCH_BASELINE_BIN").ok().as_deref() != Some(binary) {
+            command.env("ADMIN_LISTEN_ADDR", "off");
+        }
+        let mut child = command
             .args(["serve", "--migrate"])
             .env("DATABASE_URL", url)
             .env("SINGAPAY_WEBHOOK_SECRETS", format!("bench={SECRET}"))
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("ADMIN_LISTEN_ADDR", "off")
             .env_remove("RUST_LOG")
             // Extra settings for experiments, e.g. BENCH_SERVER_ENV="INTAKE_WRITERS=2 TOKIO_WORKER_THREADS=1".
             .envs(

@@ -590,6 +590,8 @@ const SIGNED_COLUMNS: &str = "times_received, content_sha256, credential, signat
 const DELIVERY_COLUMNS: &str = "webhook_type, event, transaction_key, response_code, response_message,
     response_class, envelope_status, envelope_success, transaction_status_code, transaction_status_desc,
     status, needs_inquiry, outcome, unrecognised_reason, event_at";
+/// The bearer token's SHA-256, kept after `prune` drops the token itself (`verify --token`).
+const TOKEN_SHA256: &str = "CASE WHEN access_token <> '' THEN sha256(convert_to(access_token, 'UTF8')) END";
 const SIGNED_ARRAYS: &str = "$1::int4[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[]";
 
@@ -663,8 +665,8 @@ async fn insert_all(
 
     let sql = format!(
         "WITH d AS (
-            INSERT INTO singapay.deliveries ({SIGNED_COLUMNS}, {DELIVERY_COLUMNS}, payload)
-            SELECT {SIGNED_COLUMNS}, {DELIVERY_COLUMNS}, payload::jsonb
+            INSERT INTO singapay.deliveries ({SIGNED_COLUMNS}, access_token_sha256, {DELIVERY_COLUMNS}, payload)
+            SELECT {SIGNED_COLUMNS}, {TOKEN_SHA256}, {DELIVERY_COLUMNS}, payload::jsonb
               FROM unnest({SIGNED_ARRAYS}, $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
                           $18::text[], $19::int4[], $20::bool[], $21::text[], $22::text[], $23::text[],
                           $24::bool[], $25::text[], $26::text[], $27::timestamptz[], $28::text[])
@@ -988,8 +990,8 @@ async fn insert_rejections(
         reasons.push(rejection(row).reason.as_str());
     }
     let sql = format!(
-        "INSERT INTO singapay.rejected_deliveries ({SIGNED_COLUMNS}, reason)
-         SELECT {SIGNED_COLUMNS}, reason
+        "INSERT INTO singapay.rejected_deliveries ({SIGNED_COLUMNS}, access_token_sha256, reason)
+         SELECT {SIGNED_COLUMNS}, {TOKEN_SHA256}, reason
            FROM unnest({SIGNED_ARRAYS}, $13::text[]) AS t({SIGNED_COLUMNS}, reason)
          ON CONFLICT (content_sha256) DO UPDATE
             SET times_received = singapay.rejected_deliveries.times_received + excluded.times_received,
