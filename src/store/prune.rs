@@ -41,9 +41,15 @@ async fn delete_in_batches(
     let sql = format!(
         "DELETE FROM {table} WHERE id IN (SELECT {alias}.id {from} ORDER BY {alias}.id LIMIT $2 FOR UPDATE OF {alias} SKIP LOCKED)"
     );
+    until_none_left(pool, &sql, cutoff, batch).await
+}
+
+/// Runs `sql` (one batch of `$2` rows older than `$1`, each its own transaction) until it
+/// touches no row; the rows touched.
+async fn until_none_left(pool: &PgPool, sql: &str, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
-        let n = sqlx::query(&sql).bind(cutoff).bind(batch).execute(pool).await?.rows_affected();
+        let n = sqlx::query(sql).bind(cutoff).bind(batch).execute(pool).await?.rows_affected();
         total += n;
         if n == 0 {
             return Ok(total);
@@ -98,13 +104,7 @@ pub async fn drop_bearers(
                     access_token_sha256 = coalesce(access_token_sha256, sha256(convert_to(access_token, 'UTF8')))
               WHERE id IN (SELECT x.id {kept} ORDER BY x.received_at LIMIT $2 FOR UPDATE OF x SKIP LOCKED)"
         );
-        loop {
-            let done = sqlx::query(&sql).bind(cutoff).bind(batch).execute(pool).await?.rows_affected();
-            out[n] += done;
-            if done == 0 {
-                break;
-            }
-        }
+        out[n] = until_none_left(pool, &sql, cutoff, batch).await?;
     }
     Ok((out[0], out[1]))
 }
@@ -125,14 +125,7 @@ pub async fn prune_checks(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64, dry_
         "DELETE FROM singapay.reconcile_checks WHERE transaction_key IN
            (SELECT c.transaction_key {GAVE_UP} ORDER BY c.transaction_key LIMIT $2 FOR UPDATE OF c SKIP LOCKED)"
     );
-    let mut total = 0;
-    loop {
-        let n = sqlx::query(&sql).bind(cutoff).bind(batch).execute(pool).await?.rows_affected();
-        total += n;
-        if n == 0 {
-            return Ok(total);
-        }
-    }
+    until_none_left(pool, &sql, cutoff, batch).await
 }
 
 /// Deletes (or with `dry_run` counts) the inquiries older than the cutoff.
