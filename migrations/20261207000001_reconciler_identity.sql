@@ -10,7 +10,8 @@
 -- * reconcile_checks: unreadable counts the answers that could not be applied; at
 --   RECONCILE_UNREADABLE_ATTEMPTS the check is 'flagged' and asked no more.
 -- * singapay.reconcile_attention: the checks a person must look at (gave up, flagged).
--- * request_check reopens a flagged check and resets its counts.
+-- * request_check, which reopens a flagged check and resets its counts too, is replaced by
+--   the next migration (20261207000002_hardening.sql).
 --
 -- New columns are nullable or have constant defaults (catalog-only). Replacing the two
 -- CHECKs validates them under an exclusive lock of inquiries and reconcile_checks (tables
@@ -54,30 +55,3 @@ SELECT c.transaction_key,
   LEFT JOIN singapay.transactions t ON t.transaction_key = c.transaction_key
   LEFT JOIN singapay.inquiries i ON i.id = c.last_inquiry_id
  WHERE c.state IN ('gave_up', 'flagged');
-
-CREATE OR REPLACE FUNCTION singapay.request_check(
-    p_transaction_key text,
-    p_singapay_id text DEFAULT NULL,
-    p_merchant_reference text DEFAULT NULL
-) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM singapay.transactions WHERE transaction_key = p_transaction_key)
-       AND NOT EXISTS (SELECT 1 FROM singapay.deliveries WHERE transaction_key = p_transaction_key)
-       AND NOT (split_part(p_transaction_key, ':', 1) IN
-                    ('va', 'qris', 'payment_link', 'ewallet', 'disbursement', 'ewallet_topup', 'qris_issuer',
-                     'direct_debit')
-                AND length(p_transaction_key) > length(split_part(p_transaction_key, ':', 1)) + 1) THEN
-        RETURN false;
-    END IF;
-    INSERT INTO singapay.reconcile_checks (transaction_key, reason, delivery_id, singapay_id, merchant_reference)
-    VALUES (p_transaction_key, 'requested',
-            (SELECT max(id) FROM singapay.deliveries WHERE transaction_key = p_transaction_key AND needs_inquiry),
-            p_singapay_id, p_merchant_reference)
-    ON CONFLICT (transaction_key) DO UPDATE
-       SET due_at = now(), state = 'open', not_found = 0, unreadable = 0, last_error = NULL,
-           singapay_id = coalesce(excluded.singapay_id, singapay.reconcile_checks.singapay_id),
-           merchant_reference = coalesce(excluded.merchant_reference, singapay.reconcile_checks.merchant_reference);
-    RETURN true;
-END
-$$;

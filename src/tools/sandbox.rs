@@ -463,17 +463,17 @@ fn routes(sandbox: Shared, bound: Option<SocketAddr>) -> Router {
     Router::new()
         .route(inquiry::TOKEN_PATH, post(token_v1_1))
         .route(TOKEN_PATH_V1_0, post(token_v1_0))
-        .route("/api/v2.0/disbursement/{account}/inquiry-status", post(disbursement))
-        .route("/api/v2.0/ewallet/{account}/inquiry-status", post(ewallet_topup))
-        .route("/api/v2.0/qris/status/{account}", post(qris_issuer))
-        .route("/api/v1.0/va-transactions/{account}/{id}", get(va))
-        .route("/api/v1.0/ewallet-native/{account}/inquiry-status/{id}", get(ewallet))
+        .route("/api/v2.0/disbursement/{account}/inquiry-status", post(asked_by_reference(Kind::Disbursement)))
+        .route("/api/v2.0/ewallet/{account}/inquiry-status", post(asked_by_reference(Kind::EwalletTopup)))
+        .route("/api/v2.0/qris/status/{account}", post(asked_by_reference(Kind::QrisIssuer)))
+        .route("/api/v1.0/va-transactions/{account}/{id}", get(read_on_account(Kind::Va)))
+        .route("/api/v1.0/ewallet-native/{account}/inquiry-status/{id}", get(read_on_account(Kind::Ewallet)))
         .route("/api/v1.0/qris-dynamic/{account}", get(qris_list))
-        .route("/api/v1.0/qris-dynamic/{account}/show/{id}", get(qris))
+        .route("/api/v1.0/qris-dynamic/{account}/show/{id}", get(read_on_account(Kind::Qris)))
         .route("/api/v1.0/payment-link-histories/{account}", get(payment_link_list))
-        .route("/api/v1.0/payment-link-histories/{account}/{id}", get(payment_link))
-        .route("/api/v2.0/direct-debit/binding/{id}", get(binding))
-        .route("/api/v2.0/direct-debit/transactions/{id}", get(charge))
+        .route("/api/v1.0/payment-link-histories/{account}/{id}", get(read_on_account(Kind::PaymentLink)))
+        .route("/api/v2.0/direct-debit/binding/{id}", get(read_without_account(Kind::DirectDebit)))
+        .route("/api/v2.0/direct-debit/transactions/{id}", get(read_without_account(Kind::DirectDebitCharge)))
         .merge(control)
         .fallback(|| async { (StatusCode::NOT_FOUND, "sandbox: no such route") })
         .with_state(sandbox)
@@ -866,34 +866,29 @@ async fn money_out(sb: Shared, kind: Kind, account: String, uri: Uri, headers: H
     .await
 }
 
-async fn disbursement(
-    State(sb): State<Shared>,
-    Path(account): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    money_out(sb, Kind::Disbursement, account, uri, headers, body).await
+/// A handler's answer, on its way.
+type Answering = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
+
+/// The handler of a money-out inquiry of `kind` (`POST …/{account}…`, the reference in the
+/// body).
+fn asked_by_reference(
+    kind: Kind,
+) -> impl Fn(State<Shared>, Path<String>, Uri, HeaderMap, Bytes) -> Answering + Clone + Send + Sync + 'static {
+    move |State(sb), Path(account), uri, headers, body| Box::pin(money_out(sb, kind, account, uri, headers, body))
 }
 
-async fn ewallet_topup(
-    State(sb): State<Shared>,
-    Path(account): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    money_out(sb, Kind::EwalletTopup, account, uri, headers, body).await
+/// The handler of a by-id read of `kind` on an account (`GET …/{account}/…/{id}`).
+fn read_on_account(
+    kind: Kind,
+) -> impl Fn(State<Shared>, Path<(String, String)>, Uri, HeaderMap) -> Answering + Clone + Send + Sync + 'static {
+    move |State(sb), Path((account, id)), uri, headers| Box::pin(read_by_id(sb, kind, Some(account), id, uri, headers))
 }
 
-async fn qris_issuer(
-    State(sb): State<Shared>,
-    Path(account): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    money_out(sb, Kind::QrisIssuer, account, uri, headers, body).await
+/// The handler of a by-id read of `kind` without an account (direct debit).
+fn read_without_account(
+    kind: Kind,
+) -> impl Fn(State<Shared>, Path<String>, Uri, HeaderMap) -> Answering + Clone + Send + Sync + 'static {
+    move |State(sb), Path(id), uri, headers| Box::pin(read_by_id(sb, kind, None, id, uri, headers))
 }
 
 /// A by-id read: money-in (with an account, v1) or direct debit (without, v2).
@@ -946,50 +941,6 @@ async fn read_by_id(
         _ => v1_ok(row(record_id, &reff_no, status, fields)),
     })
     .await
-}
-
-async fn va(
-    State(sb): State<Shared>,
-    Path((account, id)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    read_by_id(sb, Kind::Va, Some(account), id, uri, headers).await
-}
-
-async fn ewallet(
-    State(sb): State<Shared>,
-    Path((account, id)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    read_by_id(sb, Kind::Ewallet, Some(account), id, uri, headers).await
-}
-
-async fn qris(
-    State(sb): State<Shared>,
-    Path((account, id)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    read_by_id(sb, Kind::Qris, Some(account), id, uri, headers).await
-}
-
-async fn payment_link(
-    State(sb): State<Shared>,
-    Path((account, id)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    read_by_id(sb, Kind::PaymentLink, Some(account), id, uri, headers).await
-}
-
-async fn binding(State(sb): State<Shared>, Path(id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
-    read_by_id(sb, Kind::DirectDebit, None, id, uri, headers).await
-}
-
-async fn charge(State(sb): State<Shared>, Path(id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
-    read_by_id(sb, Kind::DirectDebitCharge, None, id, uri, headers).await
 }
 
 /// A list: records whose `reff_no` contains the filter, newest first, a page of 25; no

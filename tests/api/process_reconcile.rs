@@ -12,7 +12,8 @@ use serde_json::json;
 use crate::helpers::{disbursement, fresh_database, metric, SandboxApi, TestApp, SANDBOX_ACCOUNT};
 use crate::process::{self, env, Server};
 
-fn api_settings(api: &SandboxApi) -> Vec<(String, String)> {
+/// The environment that points the binary's reconciliation at this sandbox.
+pub fn api_settings(api: &SandboxApi) -> Vec<(String, String)> {
     env(&[
         ("SINGAPAY_API_URL", &api.url),
         ("SINGAPAY_API_ALLOW_INSECURE", "1"),

@@ -15,18 +15,13 @@ use crate::helpers::{
 use crate::process::{self, env};
 
 fn api_env(api: &SandboxApi, database_url: &str) -> Vec<(String, String)> {
-    env(&[
+    let mut vars = crate::process_reconcile::api_settings(api);
+    vars.extend(env(&[
         ("DATABASE_URL", database_url),
-        ("SINGAPAY_API_URL", &api.url),
-        ("SINGAPAY_API_ALLOW_INSECURE", "1"),
-        ("SINGAPAY_CLIENT_ID", "client-1"),
-        ("SINGAPAY_CLIENT_SECRET", "secret-1"),
-        ("SINGAPAY_PARTNER_ID", "partner-1"),
-        ("SINGAPAY_ACCOUNT_ID", SANDBOX_ACCOUNT),
         ("RECONCILE_BACKOFF_SECS", "1"),
         ("RECONCILE_BACKOFF_MAX_SECS", "2"),
-        ("LOG_FORMAT", "text"),
-    ])
+    ]));
+    vars
 }
 
 /// Every transaction: key → (status, version).
