@@ -791,7 +791,9 @@ fn merge(data: &mut Value, fields: &Map<String, Value>, except: &[&str]) {
 }
 
 /// A QRIS, payment-link or e-wallet record as Singapay shows it.
-fn row(record_id: u64, reff_no: &str, status: &str, fields: &Map<String, Value>) -> Value {
+/// A QRIS, payment-link or e-wallet record as Singapay's docs show it: QRIS amounts are
+/// numbers, payment-link amounts strings, e-wallet checkouts carry none here.
+fn row(kind: Kind, record_id: u64, reff_no: &str, status: &str, fields: &Map<String, Value>) -> Value {
     let is_expired = fields.get("is_expired").cloned().unwrap_or(Value::Bool(status == "expired"));
     let computed = if is_expired == Value::Bool(true) { "expired" } else { status };
     let mut row = json!({
@@ -800,8 +802,12 @@ fn row(record_id: u64, reff_no: &str, status: &str, fields: &Map<String, Value>)
         "status": status,
         "status_computed": computed,
         "is_expired": is_expired,
-        "amount": { "value": "10000.00", "currency": "IDR" },
     });
+    match kind {
+        Kind::Qris => row["amount"] = json!(10000),
+        Kind::PaymentLink => row["amount"] = json!("10000.00"),
+        _ => {}
+    }
     merge(&mut row, fields, &[]);
     row
 }
@@ -927,18 +933,11 @@ async fn read_by_id(
             v2(StatusCode::OK, "SP000", "Success", data)
         }
         Kind::Va => {
-            let mut data = json!({ "id": record_id, "transaction_id": id, "reff_no": reff_no, "status": status });
+            let mut data = json!({ "transaction_id": id, "merchant_reff_no": reff_no, "status": status });
             merge(&mut data, fields, &[]);
             v1_ok(data)
         }
-        Kind::Ewallet => {
-            let mut data = row(record_id, &reff_no, status, fields);
-            if !fields.contains_key("amount") {
-                data.as_object_mut().map(|d| d.remove("amount"));
-            }
-            v1_ok(data)
-        }
-        _ => v1_ok(row(record_id, &reff_no, status, fields)),
+        _ => v1_ok(row(kind, record_id, &reff_no, status, fields)),
     })
     .await
 }
@@ -968,7 +967,7 @@ async fn list(
         .filter(|r| r.serves(kind, Some(&account)) && filter.as_ref().is_none_or(|f| r.reff_no.contains(f.as_str())))
         .map(|r| {
             let (status, fields) = r.latest().shown(kind);
-            (r.record_id, row(r.record_id, &r.reff_no, &status, &fields))
+            (r.record_id, row(kind, r.record_id, &r.reff_no, &status, &fields))
         })
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.0));

@@ -324,3 +324,142 @@ async fn no_answer_moves_a_transaction_it_was_not_asked_about() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The JSON type of a value, for comparing shapes.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Every field `ours` has, `documented` has too, with the same JSON type (nulls aside),
+/// recursively: the sandbox invents no field and no type Singapay's answers do not have.
+fn same_shape(ours: &Value, documented: &Value, at: &str, wrong: &mut Vec<String>) {
+    match (ours, documented) {
+        (Value::Object(o), Value::Object(d)) => {
+            for (k, v) in o {
+                match d.get(k) {
+                    None => wrong.push(format!("{at}.{k} is not in the documented answer")),
+                    Some(dv) => same_shape(v, dv, &format!("{at}.{k}"), wrong),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(d)) => {
+            if let (Some(first), Some(dfirst)) = (o.first(), d.first()) {
+                same_shape(first, dfirst, &format!("{at}[0]"), wrong);
+            }
+        }
+        (Value::Null, _) | (_, Value::Null) => {}
+        (o, d) if kind(o) != kind(d) => wrong.push(format!("{at} is a {} where Singapay's is a {}", kind(o), kind(d))),
+        _ => {}
+    }
+}
+
+/// The sandbox the end-to-end tests ask is held to the documented answers: for one answer
+/// per product (each from Singapay's docs or an open-source client, the fixtures'
+/// sources), the sandbox scripted to the same status answers with the same HTTP status,
+/// envelope and fields (no field or type of its own), and the reconciler reads both alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_answers_in_the_shapes_singapay_documents() {
+    use singapay_webhooks::singapay::inquiry::{InquiryRequest, Method};
+    let all = fixtures();
+    let api = SandboxApi::start_with_clock(Arc::new(Utc::now)).await;
+    let client = api.client(Utc::now(), Duration::from_secs(5));
+    let find = |name_has: &str| all.iter().find(|f| f.name.contains(name_has)).unwrap_or_else(|| panic!("{name_has}"));
+    let a = SANDBOX_ACCOUNT;
+    let post = |path: String, reference: &str| InquiryRequest {
+        method: Method::Post,
+        path,
+        body: Some(json!({ "reference_number": reference })),
+    };
+    let get = |path: String| InquiryRequest { method: Method::Get, path, body: None };
+    let cases: Vec<(&Fixture, Value, InquiryRequest)> = vec![
+        {
+            let f = find("disbursement failed transfer answered SP001 with 06");
+            let t = f.data_text("transaction_id").unwrap();
+            (
+                f,
+                json!({"id": f.asked, "transaction_id": t, "answers": ["06"]}),
+                post(format!("/api/v2.0/disbursement/{a}/inquiry-status"), &f.asked),
+            )
+        },
+        {
+            let f = find("ewallet topup success");
+            let t = f.data_text("transaction_id").unwrap();
+            (
+                f,
+                json!({"id": f.asked, "transaction_id": t, "answers": ["00"]}),
+                post(format!("/api/v2.0/ewallet/{a}/inquiry-status"), &f.asked),
+            )
+        },
+        {
+            let f = find("va paid by transaction_id");
+            (
+                f,
+                json!({"id": f.asked, "product": "va", "answers": ["paid"]}),
+                get(format!("/api/v1.0/va-transactions/{a}/{}", f.asked)),
+            )
+        },
+        {
+            let f = find("qris show open");
+            let r = f.data_text("reff_no").unwrap();
+            (
+                f,
+                json!({"id": f.asked, "product": "qris", "reff_no": r, "answers": ["open"]}),
+                get(format!("/api/v1.0/qris-dynamic/{a}/show/{}", f.asked)),
+            )
+        },
+        {
+            let f = find("payment link history paid by id");
+            let r = f.data_text("reff_no").unwrap();
+            (
+                f,
+                json!({"id": f.asked, "product": "payment_link", "reff_no": r, "answers": ["paid"]}),
+                get(format!("/api/v1.0/payment-link-histories/{a}/{}", f.asked)),
+            )
+        },
+        {
+            let f = find("ewallet native inquiry open");
+            let r = f.data_text("reff_no").unwrap();
+            (
+                f,
+                json!({"id": f.asked, "product": "ewallet", "reff_no": r, "answers": ["open"]}),
+                get(format!("/api/v1.0/ewallet-native/{a}/inquiry-status/{}", f.asked)),
+            )
+        },
+        {
+            let f = find("direct debit binding ACTIVE");
+            (
+                f,
+                json!({"id": f.asked, "product": "direct_debit", "answers": ["ACTIVE"]}),
+                get(format!("/api/v2.0/direct-debit/binding/{}", f.asked)),
+            )
+        },
+    ];
+    let mut wrong = Vec::new();
+    for (f, script, request) in cases {
+        api.control("transactions", script).await;
+        let product = Product::from_name(&f.product).unwrap();
+        let exchange = client.ask(product, &request).await.unwrap();
+        let ours: Value = serde_json::from_slice(&exchange.response_body).unwrap();
+        if exchange.http_status != Some(f.http_status) {
+            wrong.push(format!("{}: HTTP {:?}, Singapay's {}", f.name, exchange.http_status, f.http_status));
+        }
+        let mut shape = Vec::new();
+        same_shape(&ours, f.body.as_ref().unwrap(), "", &mut shape);
+        wrong.extend(shape.into_iter().map(|w| format!("{}: {w}", f.name)));
+        let (reading, identity) = f.identity(0);
+        let documented = said(&inquiry::read_answer(reading, &identity, f.http_status, &f.bytes()));
+        let sandbox =
+            said(&inquiry::read_answer(reading, &identity, exchange.http_status.unwrap(), &exchange.response_body));
+        if documented != sandbox {
+            wrong.push(format!("{}: the sandbox's answer reads as {sandbox}, Singapay's as {documented}", f.name));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
