@@ -211,6 +211,9 @@ impl Cluster {
         let mut opts = format!("-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories=''", self.port);
         if !self.durable {
             opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+            // The tests check the change-data-capture publication docs/consuming.md documents
+            // by decoding it.
+            opts.push_str(" -c wal_level=logical");
         }
         opts.push_str(" -c max_connections=200");
         let mut cmd = self.command("pg_ctl");

@@ -401,6 +401,25 @@ async fn write_with_retries(pool: &PgPool, writes: &[Write]) -> Result<Attempt, 
         attempt += 1;
         match write_once(pool, writes).await {
             Ok(written) => return Ok(written),
+            Err(BatchError::Db(e)) if store::history::is_missing_partition(&e) => {
+                // No partition holds today (maintenance has not run for days, the clock
+                // jumped, a partition was dropped by hand): create it and write again; if
+                // that fails, the callbacks are answered 503 and Singapay sends them again.
+                metrics::counter!(crate::telemetry::metric::PARTITIONS_MISSING).increment(1);
+                if attempt >= ATTEMPTS {
+                    return Err(StoreError::from(e));
+                }
+                match store::history::ensure_ahead(pool).await {
+                    Ok(created) => {
+                        tracing::warn!(error = %e, created, "no history partition for the day: created, batch retried");
+                    }
+                    Err(failed) => {
+                        tracing::error!(error = %e, cause = %failed,
+                            "no history partition for the day and creating it failed: callbacks answered 503");
+                        return Err(StoreError::from(e));
+                    }
+                }
+            }
             Err(e) if attempt < ATTEMPTS && retryable(&e) => {
                 tracing::debug!(error = %e, attempt, "batch retried");
                 if matches!(e, BatchError::Raced(_)) {

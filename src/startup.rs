@@ -97,6 +97,7 @@ async fn run(
                 .into_future(),
         )
     });
+    let history = tokio::spawn(crate::store::history::maintain(state.pool.clone()));
     drop(state);
     if signals.next().await == Stop::Drain && !drain.is_zero() {
         draining.store(true, Ordering::Relaxed);
@@ -110,6 +111,7 @@ async fn run(
         }
     }
     draining.store(true, Ordering::Relaxed);
+    history.abort();
     tracing::info!("stopping: no new connections; finishing in-flight callbacks");
     let _ = stop.send(true);
     let finished = async {

@@ -85,6 +85,8 @@ pub mod metric {
     pub const RECONCILE_PAUSED: &str = "singapay_reconcile_paused";
     pub const RECONCILE_FLAGGED: &str = "singapay_reconcile_flagged_total";
     pub const RECONCILE_GAVE_UP: &str = "singapay_reconcile_gave_up_total";
+    pub const PARTITIONS_MISSING: &str = "singapay_partitions_missing_total";
+    pub const PARTITIONS_READY_DAYS: &str = "singapay_partitions_ready_days";
 }
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
@@ -179,6 +181,14 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
                 "Checks flagged for a person after repeated answers that could not be applied, by product."
             );
             describe_counter!(metric::RECONCILE_GAVE_UP, "Checks given up after repeated not-found answers, by product.");
+            describe_counter!(
+                metric::PARTITIONS_MISSING,
+                "Intake writes that found no partition for their day (it was created then, or the callbacks were answered 503)."
+            );
+            describe_gauge!(
+                metric::PARTITIONS_READY_DAYS,
+                "Days from now that every history table has partitions for, without a gap (serve keeps at least 7)."
+            );
             handle
         })
         .clone()

@@ -41,7 +41,7 @@ impl Command {
         match self {
             Command::Serve { migrate } => serve(env, file, migrate).await?,
             Command::Dev { data_dir } => dev(env, data_dir).await?,
-            Command::Prune { dry_run, batch_size } => prune(env, file, batch_size, dry_run).await?,
+            Command::Prune { dry_run, batch_size, archive } => prune(env, file, batch_size, dry_run, archive).await?,
             Command::Healthcheck { live } => healthcheck(env, live).await?,
             Command::Send(args) => send(env, *args).await?,
             Command::Verify(args) => return verify(env, args).await,
@@ -99,13 +99,19 @@ pub enum Command {
     },
     /// Apply the embedded database migrations to DATABASE_URL and exit.
     Migrate,
-    /// Delete what is older than RETENTION_DAYS: finished queue rows, deliveries that are no
-    /// transaction's current state and no kept queue row's cause, rejected deliveries,
-    /// reconciliation's inquiries.
+    /// Retire the history older than RETENTION_DAYS a whole day at a time: the rows that must
+    /// outlive their day are kept (docs/operations.md), the day's partitions are detached
+    /// and dropped. Also drops bearer tokens older than BEARER_RETENTION_HOURS and retires
+    /// given-up reconciliation checks.
     Prune {
-        /// Count what would be deleted, delete nothing.
+        /// Count what would be retired, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Before dropping a day, write each of its partitions to DIR as
+        /// `<partition>.copy.gz` (COPY text, gzip; row count checked) with a manifest
+        /// `<partition>.json` that says how to restore it.
+        #[arg(long, value_name = "DIR")]
+        archive: Option<PathBuf>,
         /// Rows per delete statement (each its own short transaction).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
         batch_size: i64,

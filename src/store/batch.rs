@@ -150,6 +150,7 @@ enum Locking {
 }
 
 async fn write_items(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Result<Attempt, BatchError> {
+    lock_contents(conn, items).await?;
     let Read { locked, known, busy } = read(conn, items, locking).await?;
     let left_out = left_out(items, &busy);
     let reapplied = lock_reapplied(conn, items).await?;
@@ -388,6 +389,31 @@ fn keys_of(c: &Classification) -> impl Iterator<Item = &str> {
         Subject::Unrecognised(_) => &[],
     };
     changes.iter().filter(|ch| ch.status.is_some()).map(|ch| ch.transaction_key.as_str())
+}
+
+/// Serialises the writers of each content: a transaction-scoped advisory lock per content
+/// (its SHA-256's first 8 bytes), taken in key order (concurrent batches wait, never
+/// deadlock), before [`read`] looks the contents up in a new snapshot. `deliveries` and
+/// `rejected_deliveries` are partitioned by day and their unique indexes hold within a day
+/// only: without this lock, the same content arriving on both sides of midnight would be
+/// stored twice, once in each day. With it, the second writer waits for the first to commit
+/// and then finds its row, whichever day holds it.
+async fn lock_contents(conn: &mut PgConnection, items: &[Write]) -> Result<(), sqlx::Error> {
+    let mut keys: Vec<i64> = items
+        .iter()
+        .filter_map(Write::signed)
+        .map(|s| i64::from_be_bytes(s.content_sha256[..8].try_into().expect("8 bytes")))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::int8[]) AS u(k)")
+        .bind(keys)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// One row of [`read`]: a locked transaction, or a stored delivery with the same content as
@@ -709,10 +735,10 @@ async fn insert_all(
                    CASE WHEN delivery_id IS NULL THEN doc::jsonb
                         ELSE jsonb_set(doc::jsonb, '{{delivery_id}}', to_jsonb(delivery_id)) END
               FROM e
-            RETURNING id, transaction_key, version
+            RETURNING id, transaction_key, version, stored_at
          ), queued AS (
-            INSERT INTO singapay.event_queue (id, transaction_key, version)
-            SELECT id, transaction_key, version FROM logged
+            INSERT INTO singapay.event_queue (id, transaction_key, version, stored_at)
+            SELECT id, transaction_key, version, stored_at FROM logged
             RETURNING 1
          )
          SELECT content_sha256, id FROM d
@@ -989,14 +1015,24 @@ async fn insert_rejections(
         signed.push(&rejection(row).signed, rows[row].1);
         reasons.push(rejection(row).reason.as_str());
     }
+    // Content already refused on another day (the unique index holds within a day) is
+    // counted there; the rest is inserted. The contents are locked ([`lock_contents`]).
     let sql = format!(
-        "INSERT INTO singapay.rejected_deliveries ({SIGNED_COLUMNS}, access_token_sha256, reason)
-         SELECT {SIGNED_COLUMNS}, {TOKEN_SHA256}, reason
-           FROM unnest({SIGNED_ARRAYS}, $13::text[]) AS t({SIGNED_COLUMNS}, reason)
-         ON CONFLICT (content_sha256) DO UPDATE
-            SET times_received = singapay.rejected_deliveries.times_received + excluded.times_received,
-                last_received_at = now()
-         RETURNING content_sha256, id"
+        "WITH t AS (
+            SELECT * FROM unnest({SIGNED_ARRAYS}, $13::text[]) AS t({SIGNED_COLUMNS}, reason)
+         ), counted AS (
+            UPDATE singapay.rejected_deliveries r
+               SET times_received = r.times_received + t.times_received, last_received_at = now()
+              FROM t WHERE r.content_sha256 = t.content_sha256
+            RETURNING r.content_sha256, r.id
+         ), inserted AS (
+            INSERT INTO singapay.rejected_deliveries ({SIGNED_COLUMNS}, access_token_sha256, reason)
+            SELECT {SIGNED_COLUMNS}, {TOKEN_SHA256}, reason
+              FROM t WHERE NOT EXISTS (SELECT 1 FROM singapay.rejected_deliveries r
+                                        WHERE r.content_sha256 = t.content_sha256)
+            RETURNING content_sha256, id
+         )
+         SELECT content_sha256, id FROM counted UNION ALL SELECT content_sha256, id FROM inserted"
     );
     let returned: Vec<(Vec<u8>, i64)> = signed.bind(sqlx::query_as(&sql)).bind(reasons).fetch_all(&mut *conn).await?;
     ids_by_sha(returned, rows.len(), |row| rejection(row).signed.content_sha256, "a rejection")

@@ -105,7 +105,7 @@ pub async fn mark_replayed(conn: &mut PgConnection, rejection: i64, delivery: i6
 /// `event_queue` (the unfinished events only, as many as the backlog) or the dead events
 /// through their partial index; the finished events kept for `RETENTION_DAYS` are never
 /// read. `done` is therefore an estimate: the log's live rows as Postgres's statistics
-/// count them (`pg_stat_get_live_tuples`, kept up to date by every insert and delete, and
+/// count them (`pg_stat_get_live_tuples` of each day's partition, kept up to date by every insert and delete, and
 /// reset by `ANALYZE`), less the unfinished and dead events.
 pub const QUEUE_GAUGES: &str = "
 WITH unfinished AS (
@@ -120,8 +120,9 @@ WITH unfinished AS (
     SELECT count(*) AS dead FROM singapay.event_log l WHERE l.state = 'dead'
 )
 SELECT u.available, u.running, u.due, u.oldest_due_secs, d.dead,
-       greatest(pg_stat_get_live_tuples('singapay.event_log'::regclass) - u.available - u.running - d.dead, 0)
-           AS done
+       greatest(coalesce((SELECT sum(pg_stat_get_live_tuples(i.inhrelid)) FROM pg_inherits i
+                           WHERE i.inhparent = 'singapay.event_log'::regclass), 0)::int8
+                - u.available - u.running - d.dead, 0) AS done
   FROM unfinished u, dead d";
 
 /// The queue's gauges ([`QUEUE_GAUGES`]).

@@ -6,6 +6,7 @@ mod batch;
 mod columns;
 mod deliveries;
 mod events;
+pub mod history;
 pub mod inquiries;
 mod jsonb;
 mod lookups;
@@ -30,7 +31,7 @@ pub use lookups::{
     create_database_if_missing, delivery_body, kept_request, lock_rejection, mark_replayed, queue_gauges, Kept,
     KeptRequest, QueueGauges, Rejected, QUEUE_GAUGES, RECENT_DELIVERIES,
 };
-pub use prune::{drop_bearers, prune, prune_checks, prune_inquiries, PruneReport};
+pub use prune::{drop_bearers, prune, prune_checks, PruneReport};
 pub use transactions::StateChange;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -215,6 +216,9 @@ pub fn failure(e: &sqlx::Error) -> Failure {
         | sqlx::Error::TypeNotFound { .. }
         | sqlx::Error::ColumnIndexOutOfBounds { .. }
         | sqlx::Error::ColumnNotFound(_) => Failure::Item,
+        // No partition for the row's day: creating it (or a retry once it exists) helps,
+        // splitting the batch does not.
+        e @ sqlx::Error::Database(_) if history::is_missing_partition(e) => Failure::Contention,
         sqlx::Error::Database(db) => db.code().map_or(Failure::Refused(Refusal::Failing), |c| sqlstate_failure(&c)),
         _ => Failure::Refused(Refusal::Failing),
     }

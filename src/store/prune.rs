@@ -1,6 +1,9 @@
-//! Retention: old finished queue rows, old deliveries nothing refers to any more, old
-//! rejections. Deletes run in small batches, each its own short transaction, and skip rows
-//! someone else has locked, so intake and consumers are never held up.
+//! Retention row by row: what whole-day retirement ([`super::history::retire`]) does not
+//! cover. The history stored before the upgrade to partitioned tables (the `_legacy`
+//! partitions) is pruned as it was before, until it can be retired whole; bearer tokens are
+//! dropped after `BEARER_RETENTION_HOURS`; given-up checks are retired. Deletes run in
+//! small batches, each its own short transaction, and skip rows someone else has locked, so
+//! intake and consumers are never held up.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -10,24 +13,25 @@ pub struct PruneReport {
     pub events: u64,
     pub deliveries: u64,
     pub rejections: u64,
+    pub inquiries: u64,
 }
 
 /// Queue rows that are `done` and finished before the cutoff. `available`, `running` and
 /// `dead` rows are never touched: unfinished work, or failures someone must look at.
-const EVENTS: &str = "FROM singapay.event_log e WHERE e.state = 'done' AND e.finished_at < $1";
+const EVENTS: &str = "FROM {event_log} e WHERE e.state = 'done' AND e.finished_at < $1";
 
 /// Deliveries last received before the cutoff that are neither a transaction's current
 /// state nor the cause of a queue row still kept.
-const DELIVERIES: &str = "FROM singapay.deliveries d
+const DELIVERIES: &str = "FROM {deliveries} d
     WHERE d.last_received_at < $1
       AND NOT EXISTS (SELECT 1 FROM singapay.transactions t WHERE t.last_delivery_id = d.id)
       AND NOT EXISTS (SELECT 1 FROM singapay.event_log e WHERE e.delivery_id = d.id)";
 
-const REJECTIONS: &str = "FROM singapay.rejected_deliveries r WHERE r.last_received_at < $1";
+const REJECTIONS: &str = "FROM {rejected_deliveries} r WHERE r.last_received_at < $1";
 
 /// Reconciliation's record of questions asked before the cutoff, except the last one of a
 /// check still kept (what an operator looks at for a given-up check).
-const INQUIRIES: &str = "FROM singapay.inquiries i WHERE i.asked_at < $1
+const INQUIRIES: &str = "FROM {inquiries} i WHERE i.asked_at < $1
       AND NOT EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.last_inquiry_id = i.id)";
 
 async fn delete_in_batches(
@@ -62,25 +66,38 @@ async fn count(pool: &PgPool, from: &str, cutoff: DateTime<Utc>) -> Result<u64, 
     Ok(n as u64)
 }
 
+/// Prunes, row by row with the rules of the version before partitioning, the history stored
+/// before the upgrade (the `_legacy` partitions), until [`super::history::retire`] can
+/// retire it whole. Nothing when there is none (a new install, or once it is retired).
 pub async fn prune(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     batch: i64,
     dry_run: bool,
 ) -> Result<PruneReport, sqlx::Error> {
-    if dry_run {
-        // Deliveries freed by deleting their old events are counted only on a real run.
-        return Ok(PruneReport {
-            events: count(pool, EVENTS, cutoff).await?,
-            deliveries: count(pool, DELIVERIES, cutoff).await?,
-            rejections: count(pool, REJECTIONS, cutoff).await?,
-        });
-    }
+    let legacy = super::history::legacy_tables(pool).await?;
+    let table = |name: &str| legacy.iter().any(|t| t == name).then(|| format!("singapay_history.{name}_legacy"));
+    let mut report = PruneReport::default();
     // Events first: deleting them is what frees their deliveries.
-    let events = delete_in_batches(pool, "singapay.event_log", "e", EVENTS, cutoff, batch).await?;
-    let deliveries = delete_in_batches(pool, "singapay.deliveries", "d", DELIVERIES, cutoff, batch).await?;
-    let rejections = delete_in_batches(pool, "singapay.rejected_deliveries", "r", REJECTIONS, cutoff, batch).await?;
-    Ok(PruneReport { events, deliveries, rejections })
+    let steps: [(&str, &str, &str, &mut u64); 4] = [
+        ("event_log", "e", EVENTS, &mut report.events),
+        ("deliveries", "d", DELIVERIES, &mut report.deliveries),
+        ("rejected_deliveries", "r", REJECTIONS, &mut report.rejections),
+        ("inquiries", "i", INQUIRIES, &mut report.inquiries),
+    ];
+    for (name, alias, from, n) in steps {
+        let Some(t) = table(name) else { continue };
+        let from = from
+            .replace(&format!("{{{name}}}"), &t)
+            .replace("{event_log}", "singapay.event_log")
+            .replace("{deliveries}", "singapay.deliveries");
+        *n = if dry_run {
+            count(pool, &from, cutoff).await?
+        } else {
+            delete_in_batches(pool, &t, alias, &from, cutoff, batch).await?
+        };
+    }
+    Ok(report)
 }
 
 /// Drops the bearer tokens of deliveries and rejections that arrived before `cutoff` (their
@@ -126,17 +143,4 @@ pub async fn prune_checks(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64, dry_
            (SELECT c.transaction_key {GAVE_UP} ORDER BY c.transaction_key LIMIT $2 FOR UPDATE OF c SKIP LOCKED)"
     );
     until_none_left(pool, &sql, cutoff, batch).await
-}
-
-/// Deletes (or with `dry_run` counts) the inquiries older than the cutoff.
-pub async fn prune_inquiries(
-    pool: &PgPool,
-    cutoff: DateTime<Utc>,
-    batch: i64,
-    dry_run: bool,
-) -> Result<u64, sqlx::Error> {
-    if dry_run {
-        return count(pool, INQUIRIES, cutoff).await;
-    }
-    delete_in_batches(pool, "singapay.inquiries", "i", INQUIRIES, cutoff, batch).await
 }

@@ -99,7 +99,10 @@ async fn prune_retires_old_given_up_checks_and_keeps_flagged_ones() {
 
 /// Every table's rows, as the columns it had before an upgrade: (table, columns, digest,
 /// rows).
-async fn tables_digest(db: &sqlx::PgPool, columns: Option<&[(String, String)]>) -> Vec<(String, String, String, i64)> {
+pub async fn tables_digest(
+    db: &sqlx::PgPool,
+    columns: Option<&[(String, String)]>,
+) -> Vec<(String, String, String, i64)> {
     let columns: Vec<(String, String)> = match columns {
         Some(c) => c.to_vec(),
         None => sqlx::query_as(

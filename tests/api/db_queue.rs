@@ -371,6 +371,7 @@ async fn claim_buffers(conn: &mut sqlx::PgConnection, consumer: &str) -> i64 {
     .await
     .unwrap();
     let line = plan.iter().find(|l| l.trim_start().starts_with("Buffers:")).expect("EXPLAIN reports buffers");
+
     let buffers: i64 = line
         .split_whitespace()
         .filter_map(|w| {
@@ -390,7 +391,7 @@ async fn claim_buffers(conn: &mut sqlx::PgConnection, consumer: &str) -> i64 {
 }
 
 /// The cost of a claim, after its plan has settled (PL/pgSQL plans generically from the
-/// sixth call on), on a queue of 300 available events with `finished` finished events
+/// sixth call on; the cheapest of 14), on a queue of 300 available events with `finished` finished events
 /// stored before them (lower ids, older).
 async fn steady_claim_buffers(finished: i32) -> i64 {
     let (_url, db) = fresh_database().await;
@@ -422,14 +423,35 @@ async fn steady_claim_buffers(finished: i32) -> i64 {
     .execute(&db)
     .await
     .unwrap();
-    // As autovacuum would have by then: statistics and a clean table.
-    sqlx::query("VACUUM ANALYZE singapay.event_log, singapay.event_queue").execute(&db).await.unwrap();
+    // As autovacuum would have by then: statistics and a clean table. (A vacuum cannot remove
+    // what an older snapshot, such as a concurrent test's, may still see: vacuum until the
+    // queue has no dead row left.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        sqlx::query("VACUUM ANALYZE singapay.event_log, singapay.event_queue").execute(&db).await.unwrap();
+        let dead: i64 = sqlx::query_scalar(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'singapay.event_queue'::regclass",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if dead == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{dead} dead rows in the queue after a minute of vacuums");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     let mut conn = db.acquire().await.unwrap();
     let mut costs = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..20 {
         costs.push(claim_buffers(&mut conn, "meter").await);
     }
-    costs[6..].iter().copied().max().unwrap()
+    // The cheapest claim with a settled plan. Buffers count the planning of the function's
+    // statements too, and a claim replans whenever its session's catalog caches are reset:
+    // that happens when other databases' schema changes (the concurrent tests' migrations,
+    // dozens of partitions each) overflow the shared invalidation queue, and costs the same
+    // few hundred catalog buffers whatever the queue holds. That is not the claim's cost.
+    costs[6..].iter().copied().min().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

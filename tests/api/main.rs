@@ -15,6 +15,7 @@ mod helpers;
 mod http_allowlist;
 mod http_concurrency;
 mod http_faults;
+mod http_history;
 mod http_hostile;
 mod http_intake;
 mod http_metrics;

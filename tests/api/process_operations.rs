@@ -576,7 +576,7 @@ async fn migrate_serve_migrate_and_prune_work_as_commands() {
     for _ in 0..2 {
         let (ok, _, err) = process::run(&["migrate"], &env(&[("DATABASE_URL", &url), ("LOG_FORMAT", "text")])).await;
         assert!(ok, "{err}");
-        assert_eq!(tables(db.clone()).await, 7);
+        assert_eq!(tables(db.clone()).await, 8);
     }
 
     // serve --migrate on an empty database takes a callback.
@@ -595,28 +595,35 @@ async fn migrate_serve_migrate_and_prune_work_as_commands() {
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(30)).await.success());
 
-    // prune: three finished events, two of them older than RETENTION_DAYS=30.
+    // prune: three finished payouts, two of them quiet for longer than RETENTION_DAYS=30,
+    // their events stored on a day 40 days ago.
     crate::helpers::seed_events(&db, 3, 1).await;
-    sqlx::query("UPDATE singapay.transaction_events SET state = 'done', finished_at = now() - interval '40 days' WHERE transaction_key IN ('disbursement:seed-1', 'disbursement:seed-2')")
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE singapay.transaction_events SET state = 'done', finished_at = now() - interval '10 days' WHERE transaction_key = 'disbursement:seed-3'")
-        .execute(&db)
-        .await
-        .unwrap();
+    for sql in [
+        "SELECT singapay.ensure_partitions(((now() - interval '40 days') AT TIME ZONE 'UTC')::date,
+                                           ((now() - interval '40 days') AT TIME ZONE 'UTC')::date)",
+        "UPDATE singapay.transaction_events SET state = 'done', finished_at = now() - interval '10 days'",
+        "UPDATE singapay.transactions SET status = 'succeeded', updated_at = now() - interval '40 days'
+          WHERE transaction_key IN ('disbursement:seed-1', 'disbursement:seed-2')",
+        "UPDATE singapay.event_log SET stored_at = now() - interval '40 days', created_at = now() - interval '40 days'
+          WHERE transaction_key IN ('disbursement:seed-1', 'disbursement:seed-2')",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
     let prune_env = env(&[("DATABASE_URL", &url), ("RETENTION_DAYS", "30"), ("LOG_FORMAT", "text")]);
     let (ok, out, err) = process::run(&["prune", "--dry-run"], &prune_env).await;
     assert!(ok, "{err}");
-    assert!(out.contains("RETENTION_DAYS=30") && out.contains("would delete 2 queue rows"), "{out}");
+    assert!(
+        out.contains("RETENTION_DAYS=30") && out.contains("would retire 1 day(s), 4 partition(s), 2 rows"),
+        "{out}"
+    );
     let events = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM singapay.transaction_events").fetch_one(&db).await.unwrap()
     };
-    assert_eq!(events().await, 4, "a dry run deletes nothing (3 seeded, 1 from the callback)");
+    assert_eq!(events().await, 4, "a dry run retires nothing (3 seeded, 1 from the callback)");
     let (ok, out, err) = process::run(&["prune", "--batch-size", "1"], &prune_env).await;
     assert!(ok, "{err}");
-    assert!(out.contains("deleted 2 queue rows"), "{out}");
-    assert_eq!(events().await, 2, "the recent finished event and the callback's stay");
+    assert!(out.contains("retired 1 day(s), 4 partition(s), 2 rows"), "{out}");
+    assert_eq!(events().await, 2, "the recent payout's event and the callback's stay");
     let (ok, _, err) = process::run(&["prune", "--batch-size", "0"], &prune_env).await;
     assert!(!ok && err.contains("batch-size"), "{err}");
 }

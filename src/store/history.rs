@@ -1,0 +1,480 @@
+//! History by day: `deliveries`, `event_log`, `rejected_deliveries` and `inquiries` are
+//! range-partitioned by `stored_at`, one partition per day (UTC). Partitions are made ahead
+//! of time ([`ensure_ahead`]); retention retires whole days ([`retire`]): the few rows that
+//! must outlive their day are moved into today's partition, the day is (optionally)
+//! archived, detached concurrently and dropped. The cost of retiring a day is that of its
+//! kept rows and a catalog change, however much history is kept.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::TryStreamExt;
+use sqlx::PgPool;
+
+use super::inquiries::OPEN_STATUSES;
+
+/// The partitioned history tables, in the order days are retired.
+pub const TABLES: [&str; 4] = ["event_log", "deliveries", "rejected_deliveries", "inquiries"];
+
+/// Days after today that `serve` and `prune` keep partitions ready for (at least 7).
+pub const DAYS_AHEAD: u64 = 8;
+
+/// How long creating a partition waits for a lock before giving up (it is tried again):
+/// attaching takes a SHARE UPDATE EXCLUSIVE lock on the parent, which reads and writes do
+/// not conflict with, but a concurrent retirement's detach does.
+const DDL_LOCK_TIMEOUT: &str = "2s";
+
+/// Whether `e` is Postgres refusing a row because no partition holds its day (SQLSTATE
+/// 23514 with "no partition of relation …"): not the row's fault, and not a reason to
+/// refuse the callback for good.
+pub fn is_missing_partition(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23514") && db.message().starts_with("no partition of relation"))
+}
+
+/// Creates the missing partitions for the days `from` to `to` (inclusive, UTC), through
+/// `singapay.ensure_partitions`; the number created.
+pub async fn ensure_partitions(pool: &PgPool, from: NaiveDate, to: NaiveDate) -> Result<i32, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")).execute(&mut *tx).await?;
+    let n: i32 =
+        sqlx::query_scalar("SELECT singapay.ensure_partitions($1, $2)").bind(from).bind(to).fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Partitions from yesterday to [`DAYS_AHEAD`] days after today, by the database's clock
+/// (the one `stored_at` is set by); the number created.
+pub async fn ensure_ahead(pool: &PgPool) -> Result<i32, sqlx::Error> {
+    let today: NaiveDate = sqlx::query_scalar("SELECT (now() AT TIME ZONE 'UTC')::date").fetch_one(pool).await?;
+    ensure_partitions(pool, today - chrono::Days::new(1), today + chrono::Days::new(DAYS_AHEAD)).await
+}
+
+/// One partition of a history table.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Partition {
+    pub table_name: String,
+    pub partition: String,
+    pub from_at: DateTime<Utc>,
+    pub to_at: DateTime<Utc>,
+    pub detaching: bool,
+    /// The bounds as Postgres writes them (the legacy partition's lower one is
+    /// '-infinity'), for the statements that select the partition's rows.
+    pub from_bound: String,
+    pub to_bound: String,
+}
+
+pub async fn partitions(pool: &PgPool) -> Result<Vec<Partition>, sqlx::Error> {
+    sqlx::query_as(
+        // The legacy partition starts at MINVALUE: '-infinity', which chrono cannot hold.
+        "SELECT table_name, partition::text AS partition,
+                greatest(from_at, '0001-01-01 00:00:00+00') AS from_at, to_at, detaching,
+                from_at::text AS from_bound, to_at::text AS to_bound
+           FROM singapay.history_partitions ORDER BY from_at, table_name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Days from `now` that every history table has partitions for without a gap (0 when `now`
+/// itself has none): what `singapay_partitions_ready_days` reports.
+pub fn days_ready(parts: &[Partition], now: DateTime<Utc>) -> f64 {
+    TABLES
+        .iter()
+        .map(|table| {
+            let mut ranges: Vec<_> = parts.iter().filter(|p| p.table_name == *table).collect();
+            ranges.sort_by_key(|p| p.from_at);
+            let mut covered = now;
+            for p in ranges {
+                if p.from_at <= covered && p.to_at > covered {
+                    covered = p.to_at;
+                }
+            }
+            (covered - now).num_seconds() as f64 / 86_400.0
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Rows moved out of retired days into today's partition, because they must outlive them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub events: u64,
+    pub deliveries: u64,
+    pub rejections: u64,
+    pub inquiries: u64,
+}
+
+/// A retired (or, on a dry run, retirable) partition.
+#[derive(Debug, Clone)]
+pub struct Retired {
+    pub table: String,
+    pub partition: String,
+    pub from_at: DateTime<Utc>,
+    pub to_at: DateTime<Utc>,
+    /// Rows dropped with it (on a dry run: rows it holds, kept ones included).
+    pub rows: u64,
+    pub archive: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RetireReport {
+    pub kept: Kept,
+    pub retired: Vec<Retired>,
+    /// Days not retired because events stored on them are still unfinished (available or
+    /// running): retired once the consumers have finished them (acknowledged, or dead).
+    pub postponed: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetireError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("archiving {partition} to {path}: {source}")]
+    Archive { partition: String, path: PathBuf, source: std::io::Error },
+    #[error("archive of {partition} holds {written} rows, the partition {rows}: not retired")]
+    ArchiveCount { partition: String, written: u64, rows: u64 },
+}
+
+/// Retires every day whose partition ends before `cutoff` and holds no unfinished event
+/// (such a day waits for its consumers): moves the rows that must outlive it into today's
+/// partition (the rules in docs/operations.md), writes the rest to
+/// `archive` when given (gzip-compressed COPY text, row count checked), then detaches the
+/// partition concurrently and drops it. A retirement interrupted at any point is finished
+/// by the next: a partition left detaching is finalized and dropped, a table left detached
+/// is dropped. With `dry_run`, counts and changes nothing.
+pub async fn retire(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    archive: Option<&Path>,
+    dry_run: bool,
+) -> Result<RetireReport, RetireError> {
+    let mut report = RetireReport::default();
+    if !dry_run {
+        finish_interrupted(pool).await?;
+        ensure_ahead(pool).await?;
+    }
+    // Never today's partition or a later one: kept rows are moved there.
+    let today: DateTime<Utc> =
+        sqlx::query_scalar("SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'")
+            .fetch_one(pool)
+            .await?;
+    let due: Vec<Partition> =
+        partitions(pool).await?.into_iter().filter(|p| p.to_at <= cutoff && p.to_at <= today && !p.detaching).collect();
+    let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>, String, String)> =
+        due.iter().map(|p| (p.from_at, p.to_at, p.from_bound.clone(), p.to_bound.clone())).collect();
+    ranges.dedup();
+    for (from, to, from_bound, to_bound) in ranges {
+        let unfinished: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM singapay.event_queue
+                             WHERE stored_at >= $1::text::timestamptz AND stored_at < $2::text::timestamptz)",
+        )
+        .bind(&from_bound)
+        .bind(&to_bound)
+        .fetch_one(pool)
+        .await?;
+        if unfinished {
+            tracing::warn!(%from, %to, "history not retired: events stored then are still unfinished");
+            report.postponed.push((from, to));
+            continue;
+        }
+        if dry_run {
+            let k = kept_in(pool, &from_bound, &to_bound, cutoff).await?;
+            add(&mut report.kept, k);
+        } else {
+            let k = keep(pool, &from_bound, &to_bound, cutoff).await?;
+            add(&mut report.kept, k);
+        }
+        for p in due.iter().filter(|p| p.from_at == from && p.to_at == to) {
+            let rows: i64 =
+                sqlx::query_scalar(&format!("SELECT count(*) FROM {}", p.partition)).fetch_one(pool).await?;
+            let rows = rows as u64;
+            let mut written = None;
+            if !dry_run {
+                if let Some(dir) = archive {
+                    written = Some(archive_partition(pool, p, rows, dir).await?);
+                }
+                drop_partition(pool, &p.table_name, &p.partition).await?;
+            }
+            report.retired.push(Retired {
+                table: p.table_name.clone(),
+                partition: p.partition.clone(),
+                from_at: p.from_at,
+                to_at: p.to_at,
+                rows,
+                archive: written,
+            });
+        }
+    }
+    Ok(report)
+}
+
+fn add(total: &mut Kept, k: Kept) {
+    total.events += k.events;
+    total.deliveries += k.deliveries;
+    total.rejections += k.rejections;
+    total.inquiries += k.inquiries;
+}
+
+/// Transactions with rows stored in [from, to) whose history must stay whole: changed since
+/// the cutoff, still open (not in a final status), or being reconciled.
+const KEPT_KEYS: &str = "
+    WITH day_keys AS (
+        SELECT transaction_key FROM singapay.deliveries
+         WHERE stored_at >= $1::text::timestamptz AND stored_at < $2::text::timestamptz AND transaction_key IS NOT NULL
+        UNION SELECT transaction_key FROM singapay.event_log WHERE stored_at >= $1::text::timestamptz AND stored_at < $2::text::timestamptz
+        UNION SELECT transaction_key FROM singapay.inquiries WHERE stored_at >= $1::text::timestamptz AND stored_at < $2::text::timestamptz
+    )
+    SELECT k.transaction_key FROM day_keys k
+     WHERE EXISTS (SELECT 1 FROM singapay.transactions t
+                    WHERE t.transaction_key = k.transaction_key
+                      AND (t.updated_at >= $3 OR t.status IN {OPEN}))
+        OR EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.transaction_key = k.transaction_key)";
+
+/// What [`keep`] looks the kept rows up by.
+struct KeptBy<'a> {
+    from: &'a str,
+    to: &'a str,
+    cutoff: DateTime<Utc>,
+    /// Transactions whose history stays whole ([`KEPT_KEYS`]).
+    keys: Vec<String>,
+    /// Deliveries that must stay: the causes of kept events, the first and current-state
+    /// deliveries of kept transactions, those a reconciliation check names.
+    deliveries: Vec<i64>,
+    /// The last inquiry of every reconciliation check.
+    inquiries: Vec<i64>,
+}
+
+impl KeptBy<'_> {
+    /// The rows of `table` stored in [from, to) that outlive their day, as `FROM … WHERE …`
+    /// over the alias `x` put in place of `{ROWS}` in `select`; bind with [`KeptBy::bind`].
+    fn sql(table: &str, select: &str) -> String {
+        let condition = match table {
+            "event_log" => "x.state = 'dead' OR x.transaction_key = ANY($3)",
+            "deliveries" => {
+                "x.transaction_key = ANY($3) OR x.id = ANY($4) OR (x.times_received > 1 AND x.last_received_at >= $5)"
+            }
+            "rejected_deliveries" => "x.times_received > 1 AND x.last_received_at >= $3",
+            _ => "x.transaction_key = ANY($3) OR x.id = ANY($4)",
+        };
+        select.replace(
+            "{ROWS}",
+            &format!("FROM singapay.{table} x WHERE x.stored_at >= $1::text::timestamptz AND x.stored_at < $2::text::timestamptz AND ({condition})"),
+        )
+    }
+
+    /// The parameters of [`KeptBy::sql`] for `table`.
+    fn bind<'q, O>(&'q self, table: &str, q: QueryScalar<'q, O>) -> QueryScalar<'q, O> {
+        let q = q.bind(self.from).bind(self.to);
+        match table {
+            "event_log" => q.bind(&self.keys),
+            "deliveries" => q.bind(&self.keys).bind(&self.deliveries).bind(self.cutoff),
+            "rejected_deliveries" => q.bind(self.cutoff),
+            _ => q.bind(&self.keys).bind(&self.inquiries),
+        }
+    }
+}
+
+type QueryScalar<'q, O> = sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
+
+async fn kept_by<'a>(
+    conn: &mut sqlx::PgConnection,
+    from: &'a str,
+    to: &'a str,
+    cutoff: DateTime<Utc>,
+) -> Result<KeptBy<'a>, sqlx::Error> {
+    let keys: Vec<String> = sqlx::query_scalar(&KEPT_KEYS.replace("{OPEN}", OPEN_STATUSES))
+        .bind(from)
+        .bind(to)
+        .bind(cutoff)
+        .fetch_all(&mut *conn)
+        .await?;
+    let deliveries: Vec<i64> = sqlx::query_scalar(
+        "SELECT delivery_id FROM singapay.reconcile_checks WHERE delivery_id IS NOT NULL
+         UNION SELECT d FROM singapay.transactions t, unnest(ARRAY[t.first_delivery_id, t.last_delivery_id]) d
+          WHERE t.transaction_key = ANY($3) AND d IS NOT NULL
+         UNION SELECT e.delivery_id FROM singapay.event_log e
+          WHERE e.stored_at >= $1::text::timestamptz AND e.stored_at < $2::text::timestamptz AND e.delivery_id IS NOT NULL
+            AND (e.state = 'dead' OR e.transaction_key = ANY($3))",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(&keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    let inquiries: Vec<i64> =
+        sqlx::query_scalar("SELECT last_inquiry_id FROM singapay.reconcile_checks WHERE last_inquiry_id IS NOT NULL")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(KeptBy { from, to, cutoff, keys, deliveries, inquiries })
+}
+
+/// Counts the rows [`keep`] would move.
+async fn kept_in(pool: &PgPool, from: &str, to: &str, cutoff: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let by = kept_by(&mut conn, from, to, cutoff).await?;
+    let mut n = [0u64; 4];
+    for (i, table) in TABLES.into_iter().enumerate() {
+        let sql = KeptBy::sql(table, "SELECT count(*) {ROWS}");
+        let c: i64 = by.bind(table, sqlx::query_scalar(&sql)).fetch_one(&mut *conn).await?;
+        n[i] = c as u64;
+    }
+    Ok(Kept { events: n[0], deliveries: n[1], rejections: n[2], inquiries: n[3] })
+}
+
+/// Moves the rows stored in [from, to) that must outlive their day into today's partition,
+/// in one transaction. An intake write racing the move of
+/// the same row (a duplicate counted on a kept delivery) fails with a serialization error
+/// and is retried by intake.
+async fn keep(pool: &PgPool, from: &str, to: &str, cutoff: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The keys are probed one by one in `transactions` (a day's worth), never joined by
+    // reading the transactions of the whole retention window.
+    sqlx::query("SET LOCAL enable_hashjoin = off").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL enable_mergejoin = off").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
+    let by = kept_by(&mut tx, from, to, cutoff).await?;
+    let mut n = [0u64; 4];
+    for (i, table) in TABLES.into_iter().enumerate() {
+        let select = format!(
+            "WITH moved AS (
+                UPDATE singapay.{table} m SET stored_at = now()
+                 WHERE m.id IN (SELECT x.id {{ROWS}}) AND m.stored_at >= $1::text::timestamptz AND m.stored_at < $2::text::timestamptz
+                RETURNING 1
+             )
+             SELECT count(*) FROM moved"
+        );
+        let sql = KeptBy::sql(table, &select);
+        let c: i64 = by.bind(table, sqlx::query_scalar(&sql)).fetch_one(&mut *tx).await?;
+        n[i] = c as u64;
+    }
+    tx.commit().await?;
+    Ok(Kept { events: n[0], deliveries: n[1], rejections: n[2], inquiries: n[3] })
+}
+
+/// Detaches a partition concurrently (reads and writes of the table go on; it waits for
+/// the queries that may still see it) and drops it.
+async fn drop_partition(pool: &PgPool, table: &str, partition: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("ALTER TABLE singapay.{table} DETACH PARTITION {partition} CONCURRENTLY"))
+        .execute(pool)
+        .await?;
+    sqlx::query(&format!("DROP TABLE {partition}")).execute(pool).await?;
+    Ok(())
+}
+
+/// Finishes what an interrupted retirement left: partitions still detaching are finalized
+/// and dropped; tables in `singapay_history` that are neither attached nor a template were
+/// detached and not yet dropped.
+async fn finish_interrupted(pool: &PgPool) -> Result<(), sqlx::Error> {
+    for p in partitions(pool).await?.into_iter().filter(|p| p.detaching) {
+        sqlx::query(&format!("ALTER TABLE singapay.{} DETACH PARTITION {} FINALIZE", p.table_name, p.partition))
+            .execute(pool)
+            .await?;
+        sqlx::query(&format!("DROP TABLE {}", p.partition)).execute(pool).await?;
+    }
+    let loose: Vec<String> = sqlx::query_scalar(
+        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'singapay_history' AND c.relkind = 'r' AND c.relname NOT LIKE '%\\_template'
+            AND c.relname ~ ('^(' || array_to_string(singapay_history.tables(), '|') || ')_')
+            AND NOT c.relispartition",
+    )
+    .fetch_all(pool)
+    .await?;
+    for table in loose {
+        tracing::warn!(%table, "dropping a history partition whose retirement was interrupted");
+        sqlx::query(&format!("DROP TABLE {table}")).execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// Writes `p`'s rows as `DIR/<partition>.copy.gz` (COPY text format, in the parent table's
+/// column order, so that `COPY singapay.<table> FROM STDIN` restores it) and a manifest
+/// `DIR/<partition>.json`; checks that the file holds `rows` rows before returning.
+async fn archive_partition(pool: &PgPool, p: &Partition, rows: u64, dir: &Path) -> Result<PathBuf, RetireError> {
+    let name = p.partition.trim_start_matches("singapay_history.").trim_matches('"').to_string();
+    let path = dir.join(format!("{name}.copy.gz"));
+    let io = |source| RetireError::Archive { partition: p.partition.clone(), path: path.clone(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(attname) FROM pg_attribute
+          WHERE attrelid = format('singapay.%I', $1::text)::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .bind(&p.table_name)
+    .fetch_all(pool)
+    .await?;
+    let list = columns.join(", ");
+    let partial = path.with_extension("gz.part");
+    let file = std::fs::File::create(&partial).map_err(io)?;
+    let mut gz = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::default());
+    let mut conn = pool.acquire().await?;
+    let mut stream = conn.copy_out_raw(&format!("COPY (SELECT {list} FROM {}) TO STDOUT", p.partition)).await?;
+    let mut lines = 0u64;
+    while let Some(chunk) = stream.try_next().await? {
+        lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        gz.write_all(&chunk).map_err(io)?;
+    }
+    drop(stream);
+    let file = gz.finish().map_err(io)?.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    if lines != rows {
+        return Err(RetireError::ArchiveCount { partition: p.partition.clone(), written: lines, rows });
+    }
+    std::fs::rename(&partial, &path).map_err(io)?;
+    let manifest = serde_json::json!({
+        "table": format!("singapay.{}", p.table_name),
+        "partition": p.partition,
+        "from": p.from_at.to_rfc3339(),
+        "to": p.to_at.to_rfc3339(),
+        "rows": rows,
+        "columns": columns,
+        "format": "COPY text, gzip",
+        "restore": format!(
+            "SELECT singapay.ensure_partitions('{}', '{}'); then: gunzip -c {name}.copy.gz | psql \"$DATABASE_URL\" -c 'COPY singapay.{} ({list}) FROM STDIN'",
+            p.from_at.date_naive(),
+            (p.to_at - chrono::Duration::seconds(1)).date_naive(),
+            p.table_name
+        ),
+    });
+    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_vec_pretty(&manifest).expect("json"))
+        .map_err(io)?;
+    Ok(path)
+}
+
+/// Rows of the partitions still holding history from before the upgrade to partitioned
+/// tables (`singapay_history.<table>_legacy`), deleted row by row with the previous
+/// version's rules until the partition can be retired whole: see [`super::prune`].
+pub async fn legacy_tables(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT table_name FROM singapay.history_partitions WHERE partition::text LIKE '%\\_legacy' AND NOT detaching",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// When `serve` first makes sure the days ahead have partitions, after it starts.
+pub const MAINTAIN_FIRST_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often `serve` makes sure the days ahead have partitions.
+pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Keeps partitions ready [`DAYS_AHEAD`] days ahead, every [`MAINTAIN_EVERY`], and reports
+/// how many days are ready (`singapay_partitions_ready_days`). Runs until aborted; a
+/// failure (Postgres away, a lock not granted in time) is logged and tried again next time
+/// (intake creates a missing day itself if it ever meets one).
+pub async fn maintain(pool: PgPool) {
+    // Not at the very start: the migrations made the days ahead, and intake makes a missing
+    // day itself; a replica that starts does not add DDL to its first seconds.
+    tokio::time::sleep(MAINTAIN_FIRST_AFTER).await;
+    loop {
+        match ensure_ahead(&pool).await {
+            Ok(created) if created > 0 => tracing::info!(created, "history partitions created ahead"),
+            Ok(_) => {}
+            Err(e) if super::is_schema_behind(&e) => {}
+            Err(e) => tracing::warn!(error = %e, "creating history partitions ahead failed; tried again later"),
+        }
+        if let Ok(parts) = partitions(&pool).await {
+            metrics::gauge!(crate::telemetry::metric::PARTITIONS_READY_DAYS).set(days_ready(&parts, Utc::now()));
+        }
+        tokio::time::sleep(MAINTAIN_EVERY).await;
+    }
+}
