@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
+use sqlx::Connection;
 use sqlx::PgPool;
 
 use singapay_webhooks::store::QUEUE_GAUGES;
@@ -114,29 +115,20 @@ async fn queue_gauges_do_not_read_the_finished_events() {
     // but the refresh reads the event log until its counters are compared.
     let log = holding(&seeding, "event_log").await;
     seeding.close().await;
-    let db = PgPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
-    // A closed connection's backend reports its statistics as it exits: wait until the
-    // seeding backends have, or their reading of the log would count as the refresh's.
+    // A backend reports what it read when it exits, or when idle up to 10 s later: end the
+    // seeding sessions and wait until they have gone, so that their reading of the log is
+    // counted before the refresh's is measured.
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND backend_type = 'client backend'";
+    sqlx::query(&format!("SELECT pg_terminate_backend(pid) {others}")).execute(&mut admin).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-            AND backend_type = 'client backend'",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap()
-        > 0
-    {
-        let left: Vec<(String, String)> = sqlx::query_as(
-            "SELECT coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-        )
-        .fetch_all(&db)
-        .await
-        .unwrap();
-        assert!(Instant::now() < deadline, "the seeding backends never exited: {left:?}");
+    while sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) {others}")).fetch_one(&mut admin).await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the seeding sessions never ended");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    admin.close().await.unwrap();
+    let db = PgPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
     sqlx::query("ANALYZE singapay.event_log").execute(&db).await.unwrap();
 
     let queue = vec!["singapay.event_queue".to_string()];
