@@ -150,8 +150,9 @@ pub async fn retire(
     dry_run: bool,
 ) -> Result<RetireReport, RetireError> {
     let mut report = RetireReport::default();
+    let parts = partitions(pool).await?;
     if !dry_run {
-        finish_interrupted(pool).await?;
+        finish_interrupted(pool, &parts).await?;
         ensure_ahead(pool).await?;
     }
     // Never today's partition or a later one: kept rows are moved there.
@@ -160,7 +161,7 @@ pub async fn retire(
             .fetch_one(pool)
             .await?;
     let due: Vec<Partition> =
-        partitions(pool).await?.into_iter().filter(|p| p.to_at <= cutoff && p.to_at <= today && !p.detaching).collect();
+        parts.into_iter().filter(|p| p.to_at <= cutoff && p.to_at <= today && !p.detaching).collect();
     let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>, String, String)> =
         due.iter().map(|p| (p.from_at, p.to_at, p.from_bound.clone(), p.to_bound.clone())).collect();
     ranges.dedup();
@@ -178,13 +179,17 @@ pub async fn retire(
             report.postponed.push((from, to));
             continue;
         }
-        if dry_run {
-            let k = kept_in(pool, &from_bound, &to_bound, cutoff).await?;
-            add(&mut report.kept, k);
-        } else {
-            let k = keep(pool, &from_bound, &to_bound, cutoff).await?;
-            add(&mut report.kept, k);
-        }
+        let day = Day {
+            from: &from_bound,
+            to: &to_bound,
+            parts: due
+                .iter()
+                .filter(|p| p.from_at == from && p.to_at == to)
+                .map(|p| (p.table_name.as_str(), p.partition.as_str()))
+                .collect(),
+        };
+        let k = if dry_run { kept_in(pool, &day, cutoff).await? } else { keep(pool, &day, cutoff).await? };
+        add(&mut report.kept, k);
         for p in due.iter().filter(|p| p.from_at == from && p.to_at == to) {
             let rows: i64 =
                 sqlx::query_scalar(&format!("SELECT count(*) FROM {}", p.partition)).fetch_one(pool).await?;
@@ -216,27 +221,37 @@ fn add(total: &mut Kept, k: Kept) {
     total.inquiries += k.inquiries;
 }
 
-/// Transactions with rows stored in [from, to) whose history must stay whole: changed since
-/// the cutoff, still open (not in a final status), or being reconciled.
-const KEPT_KEYS: &str = "
-    WITH day_keys AS (
-        SELECT transaction_key FROM singapay.deliveries
-         WHERE stored_at >= $1::text::timestamptz AND stored_at < $2::text::timestamptz AND transaction_key IS NOT NULL
-        UNION SELECT transaction_key FROM singapay.event_log WHERE stored_at >= $1::text::timestamptz AND stored_at < $2::text::timestamptz
-        UNION SELECT transaction_key FROM singapay.inquiries WHERE stored_at >= $1::text::timestamptz AND stored_at < $2::text::timestamptz
-    )
-    SELECT k.transaction_key FROM day_keys k
-     WHERE EXISTS (SELECT 1 FROM singapay.transactions t
-                    WHERE t.transaction_key = k.transaction_key
-                      AND (t.updated_at >= $3 OR t.status IN {OPEN}))
-        OR EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.transaction_key = k.transaction_key)";
-
-/// What [`keep`] looks the kept rows up by.
-struct KeptBy<'a> {
+/// The partitions of one range retired together: (table, partition), and the range's
+/// bounds as Postgres writes them.
+struct Day<'a> {
     from: &'a str,
     to: &'a str,
+    parts: Vec<(&'a str, &'a str)>,
+}
+
+impl Day<'_> {
+    fn partition(&self, table: &str) -> Option<&str> {
+        self.parts.iter().find(|(t, _)| *t == table).map(|(_, p)| *p)
+    }
+}
+
+/// Settings for the statements that find and move a day's kept rows: each reads the day's
+/// own partitions through their indexes (index-only where it can) and probes
+/// `transactions` once per key (a day's worth), never joins by reading the transactions of
+/// the whole retention window; no JIT (compiling costs more than these statements run).
+const KEEP_SETTINGS: [&str; 5] = [
+    "SET LOCAL enable_hashjoin = off",
+    "SET LOCAL enable_mergejoin = off",
+    "SET LOCAL enable_seqscan = off",
+    "SET LOCAL jit = off",
+    "SET LOCAL plan_cache_mode = force_custom_plan",
+];
+
+/// What [`keep`] looks the kept rows up by.
+struct KeptBy {
     cutoff: DateTime<Utc>,
-    /// Transactions whose history stays whole ([`KEPT_KEYS`]).
+    /// Transactions with rows in the day whose history stays whole: changed since the
+    /// cutoff, still open (not in a final status), or being reconciled.
     keys: Vec<String>,
     /// Deliveries that must stay: the causes of kept events, the first and current-state
     /// deliveries of kept transactions, those a reconciliation check names.
@@ -245,27 +260,24 @@ struct KeptBy<'a> {
     inquiries: Vec<i64>,
 }
 
-impl KeptBy<'_> {
-    /// The rows of `table` stored in [from, to) that outlive their day, as `FROM … WHERE …`
-    /// over the alias `x` put in place of `{ROWS}` in `select`; bind with [`KeptBy::bind`].
-    fn sql(table: &str, select: &str) -> String {
+impl KeptBy {
+    /// The rows of `partition` (of `table`) that outlive their day, as `FROM … WHERE …`
+    /// over the alias `x` put in place of `{ROWS}` in `select`; bind with [`KeptBy::bind`],
+    /// which binds `$1` … `$3`.
+    fn sql(table: &str, partition: &str, select: &str) -> String {
         let condition = match table {
-            "event_log" => "x.state = 'dead' OR x.transaction_key = ANY($3)",
+            "event_log" => "x.state = 'dead' OR x.transaction_key = ANY($1)",
             "deliveries" => {
-                "x.transaction_key = ANY($3) OR x.id = ANY($4) OR (x.times_received > 1 AND x.last_received_at >= $5)"
+                "x.transaction_key = ANY($1) OR x.id = ANY($2) OR (x.times_received > 1 AND x.last_received_at >= $3)"
             }
-            "rejected_deliveries" => "x.times_received > 1 AND x.last_received_at >= $3",
-            _ => "x.transaction_key = ANY($3) OR x.id = ANY($4)",
+            "rejected_deliveries" => "x.times_received > 1 AND x.last_received_at >= $1",
+            _ => "x.transaction_key = ANY($1) OR x.id = ANY($2)",
         };
-        select.replace(
-            "{ROWS}",
-            &format!("FROM singapay.{table} x WHERE x.stored_at >= $1::text::timestamptz AND x.stored_at < $2::text::timestamptz AND ({condition})"),
-        )
+        select.replace("{ROWS}", &format!("FROM {partition} x WHERE ({condition})"))
     }
 
     /// The parameters of [`KeptBy::sql`] for `table`.
     fn bind<'q, O>(&'q self, table: &str, q: QueryScalar<'q, O>) -> QueryScalar<'q, O> {
-        let q = q.bind(self.from).bind(self.to);
         match table {
             "event_log" => q.bind(&self.keys),
             "deliveries" => q.bind(&self.keys).bind(&self.deliveries).bind(self.cutoff),
@@ -273,32 +285,53 @@ impl KeptBy<'_> {
             _ => q.bind(&self.keys).bind(&self.inquiries),
         }
     }
+
+    /// How many parameters [`KeptBy::bind`] binds for `table`.
+    fn params(table: &str) -> usize {
+        match table {
+            "event_log" | "rejected_deliveries" => 1,
+            "deliveries" => 3,
+            _ => 2,
+        }
+    }
 }
 
 type QueryScalar<'q, O> = sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
 
-async fn kept_by<'a>(
-    conn: &mut sqlx::PgConnection,
-    from: &'a str,
-    to: &'a str,
-    cutoff: DateTime<Utc>,
-) -> Result<KeptBy<'a>, sqlx::Error> {
-    let keys: Vec<String> = sqlx::query_scalar(&KEPT_KEYS.replace("{OPEN}", OPEN_STATUSES))
-        .bind(from)
-        .bind(to)
+async fn kept_by(conn: &mut sqlx::PgConnection, day: &Day<'_>, cutoff: DateTime<Utc>) -> Result<KeptBy, sqlx::Error> {
+    let sources: Vec<String> = ["deliveries", "event_log", "inquiries"]
+        .iter()
+        .filter_map(|t| day.partition(t))
+        .map(|p| format!("SELECT transaction_key FROM {p} WHERE transaction_key IS NOT NULL"))
+        .collect();
+    let keys: Vec<String> = if sources.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_scalar(&format!(
+            "WITH day_keys AS ({})
+             SELECT k.transaction_key FROM day_keys k
+              WHERE EXISTS (SELECT 1 FROM singapay.transactions t
+                             WHERE t.transaction_key = k.transaction_key
+                               AND (t.updated_at >= $1 OR t.status IN {OPEN_STATUSES}))
+                 OR EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.transaction_key = k.transaction_key)",
+            sources.join(" UNION ")
+        ))
         .bind(cutoff)
         .fetch_all(&mut *conn)
-        .await?;
-    let deliveries: Vec<i64> = sqlx::query_scalar(
+        .await?
+    };
+    let events = day.partition("event_log").map_or(String::new(), |p| {
+        format!(
+            "UNION SELECT e.delivery_id FROM {p} e
+              WHERE e.delivery_id IS NOT NULL AND (e.state = 'dead' OR e.transaction_key = ANY($1))"
+        )
+    });
+    let deliveries: Vec<i64> = sqlx::query_scalar(&format!(
         "SELECT delivery_id FROM singapay.reconcile_checks WHERE delivery_id IS NOT NULL
          UNION SELECT d FROM singapay.transactions t, unnest(ARRAY[t.first_delivery_id, t.last_delivery_id]) d
-          WHERE t.transaction_key = ANY($3) AND d IS NOT NULL
-         UNION SELECT e.delivery_id FROM singapay.event_log e
-          WHERE e.stored_at >= $1::text::timestamptz AND e.stored_at < $2::text::timestamptz AND e.delivery_id IS NOT NULL
-            AND (e.state = 'dead' OR e.transaction_key = ANY($3))",
-    )
-    .bind(from)
-    .bind(to)
+          WHERE t.transaction_key = ANY($1) AND d IS NOT NULL
+         {events}"
+    ))
     .bind(&keys)
     .fetch_all(&mut *conn)
     .await?;
@@ -306,46 +339,53 @@ async fn kept_by<'a>(
         sqlx::query_scalar("SELECT last_inquiry_id FROM singapay.reconcile_checks WHERE last_inquiry_id IS NOT NULL")
             .fetch_all(&mut *conn)
             .await?;
-    Ok(KeptBy { from, to, cutoff, keys, deliveries, inquiries })
+    Ok(KeptBy { cutoff, keys, deliveries, inquiries })
 }
 
 /// Counts the rows [`keep`] would move.
-async fn kept_in(pool: &PgPool, from: &str, to: &str, cutoff: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let by = kept_by(&mut conn, from, to, cutoff).await?;
+async fn kept_in(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for setting in KEEP_SETTINGS {
+        sqlx::query(setting).execute(&mut *tx).await?;
+    }
+    let by = kept_by(&mut tx, day, cutoff).await?;
     let mut n = [0u64; 4];
     for (i, table) in TABLES.into_iter().enumerate() {
-        let sql = KeptBy::sql(table, "SELECT count(*) {ROWS}");
-        let c: i64 = by.bind(table, sqlx::query_scalar(&sql)).fetch_one(&mut *conn).await?;
+        let Some(partition) = day.partition(table) else { continue };
+        let sql = KeptBy::sql(table, partition, "SELECT count(*) {ROWS}");
+        let c: i64 = by.bind(table, sqlx::query_scalar(&sql)).fetch_one(&mut *tx).await?;
         n[i] = c as u64;
     }
+    tx.rollback().await?;
     Ok(Kept { events: n[0], deliveries: n[1], rejections: n[2], inquiries: n[3] })
 }
 
-/// Moves the rows stored in [from, to) that must outlive their day into today's partition,
-/// in one transaction. An intake write racing the move of
-/// the same row (a duplicate counted on a kept delivery) fails with a serialization error
-/// and is retried by intake.
-async fn keep(pool: &PgPool, from: &str, to: &str, cutoff: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
+/// Moves the rows of the day's partitions that must outlive it into today's partition, in
+/// one transaction. An intake write racing the move of the same row (a duplicate counted on
+/// a kept delivery) fails with a serialization error and is retried by intake.
+async fn keep(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // The keys are probed one by one in `transactions` (a day's worth), never joined by
-    // reading the transactions of the whole retention window.
-    sqlx::query("SET LOCAL enable_hashjoin = off").execute(&mut *tx).await?;
-    sqlx::query("SET LOCAL enable_mergejoin = off").execute(&mut *tx).await?;
-    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
-    let by = kept_by(&mut tx, from, to, cutoff).await?;
+    for setting in KEEP_SETTINGS {
+        sqlx::query(setting).execute(&mut *tx).await?;
+    }
+    let by = kept_by(&mut tx, day, cutoff).await?;
     let mut n = [0u64; 4];
     for (i, table) in TABLES.into_iter().enumerate() {
+        let Some(partition) = day.partition(table) else { continue };
+        // The bounds, after the condition's parameters, let Postgres read only the day's
+        // partition for the rows to move.
+        let (lo, hi) = (KeptBy::params(table) + 1, KeptBy::params(table) + 2);
         let select = format!(
             "WITH moved AS (
                 UPDATE singapay.{table} m SET stored_at = now()
-                 WHERE m.id IN (SELECT x.id {{ROWS}}) AND m.stored_at >= $1::text::timestamptz AND m.stored_at < $2::text::timestamptz
+                 WHERE m.id IN (SELECT x.id {{ROWS}})
+                   AND m.stored_at >= ${lo}::text::timestamptz AND m.stored_at < ${hi}::text::timestamptz
                 RETURNING 1
              )
              SELECT count(*) FROM moved"
         );
-        let sql = KeptBy::sql(table, &select);
-        let c: i64 = by.bind(table, sqlx::query_scalar(&sql)).fetch_one(&mut *tx).await?;
+        let sql = KeptBy::sql(table, partition, &select);
+        let c: i64 = by.bind(table, sqlx::query_scalar(&sql)).bind(day.from).bind(day.to).fetch_one(&mut *tx).await?;
         n[i] = c as u64;
     }
     tx.commit().await?;
@@ -365,8 +405,8 @@ async fn drop_partition(pool: &PgPool, table: &str, partition: &str) -> Result<(
 /// Finishes what an interrupted retirement left: partitions still detaching are finalized
 /// and dropped; tables in `singapay_history` that are neither attached nor a template were
 /// detached and not yet dropped.
-async fn finish_interrupted(pool: &PgPool) -> Result<(), sqlx::Error> {
-    for p in partitions(pool).await?.into_iter().filter(|p| p.detaching) {
+async fn finish_interrupted(pool: &PgPool, parts: &[Partition]) -> Result<(), sqlx::Error> {
+    for p in parts.iter().filter(|p| p.detaching) {
         sqlx::query(&format!("ALTER TABLE singapay.{} DETACH PARTITION {} FINALIZE", p.table_name, p.partition))
             .execute(pool)
             .await?;
