@@ -304,7 +304,16 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 
 /// The slices that bring `days` (the transactions per day so far) to `target` history rows.
 /// `None` for `days` empty: the first fill, `first_days` days ending 5 days ago.
-fn plan(days: &mut Days, target: i64, first_days: i64, grow_days: bool, today: NaiveDate) -> Vec<Slice> {
+/// `floor`: the oldest day filled so far, retired or not (a retired day's transactions are
+/// still stored: new days go before it).
+fn plan(
+    days: &mut Days,
+    target: i64,
+    first_days: i64,
+    grow_days: bool,
+    today: NaiveDate,
+    floor: Option<NaiveDate>,
+) -> Vec<Slice> {
     let present: i64 = days.values().sum::<i64>() * ROWS_PER_TX;
     let wanted_tx = ceil_div((target - present).max(0), ROWS_PER_TX);
     let mut slices = Vec::new();
@@ -316,6 +325,9 @@ fn plan(days: &mut Days, target: i64, first_days: i64, grow_days: bool, today: N
             *days.values().next_back().unwrap()
         };
         let mut day = days.keys().next().copied().unwrap_or(today - chrono::Days::new(5) + chrono::Days::new(1));
+        if let Some(floor) = floor {
+            day = day.min(floor);
+        }
         let mut left = wanted_tx;
         while left > 0 {
             day = day - chrono::Days::new(1);
@@ -928,13 +940,14 @@ fn main() {
             sqlx::query_scalar("SELECT (now() AT TIME ZONE 'UTC')::date").fetch_one(&pool).await.unwrap();
 
         let mut days = Days::new();
+        let mut floor: Option<NaiveDate> = None;
         let mut present = 0i64;
         let mut rows = Vec::new();
         let mut deleted = None;
         let mut receiver: Option<Receiver> = None;
         let mut callbacks = 1_000_000_000u64;
         for (i, &size) in s.sizes.iter().enumerate() {
-            let slices = plan(&mut days, size, s.days, s.grow_days, today);
+            let slices = plan(&mut days, size, s.days, s.grow_days, today, floor);
             let t = Instant::now();
             present += fill(&pool, slices, true, &format!("fill to {size}")).await;
             eprintln!(
@@ -950,6 +963,7 @@ fn main() {
             callbacks += 10_000_000;
             // The retired day is gone from the history (its kept rows now belong to today's).
             let oldest = *days.keys().next().unwrap();
+            floor = Some(floor.map_or(oldest, |f| f.min(oldest)));
             let retired = days.remove(&oldest).unwrap();
             present -= retired * ROWS_PER_TX;
             rows.push(m);

@@ -445,5 +445,14 @@ BEGIN
 END;
 $$;
 
+-- The consumers' role (where the migrations could create it) may read the partition list.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'singapay_consumer') THEN
+        GRANT SELECT ON singapay.history_partitions TO singapay_consumer;
+    END IF;
+END
+$$;
+
 -- Back to the session's search_path (sqlx records the migration next, unqualified).
 RESET search_path;
