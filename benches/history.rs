@@ -62,7 +62,7 @@ use singapay_webhooks::singapay::{signature, Body};
 use singapay_webhooks::store::{self, history, MIGRATOR};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const PATH: &str = "/webhooks/singapay";
@@ -386,36 +386,6 @@ fn request(n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Reads one response; true when it is a 200.
-async fn response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
-    buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let ok = head.starts_with("HTTP/1.1 200");
-            while buf.len() < end + 4 + length {
-                let n = conn.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(ok);
-        }
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// (seconds since the load's start, milliseconds, answered 200).
 type Samples = Arc<Mutex<Vec<(f64, f64, bool)>>>;
 
@@ -462,7 +432,7 @@ impl Traffic {
                         let c = conn.as_mut().unwrap();
                         let sent = async {
                             c.write_all(&req).await?;
-                            response(c, &mut buf).await
+                            common::response(c, &mut buf).await
                         };
                         match sent.await {
                             Ok(answer) => {

@@ -33,7 +33,7 @@ use secrecy::SecretString;
 use singapay_webhooks::embedded_pg::{self, free_port, Cluster};
 use singapay_webhooks::singapay::signature;
 use singapay_webhooks::singapay::Body;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const PATH: &str = "/webhooks/singapay";
@@ -138,36 +138,6 @@ fn signed(bodies: impl Iterator<Item = (usize, String)>) -> Vec<Vec<u8>> {
     bodies.map(|(n, b)| request(&b, &format!("bench{n}"), &ts)).collect()
 }
 
-/// Reads one response; true when it is a 200.
-async fn response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
-    buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let ok = head.starts_with("HTTP/1.1 200");
-            while buf.len() < end + 4 + length {
-                let n = conn.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(ok);
-        }
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// (utime + stime) of `pid` in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("receiver {pid}: {e}"));
@@ -225,7 +195,7 @@ async fn load(port: u16, pid: u32, requests: Vec<Vec<u8>>, clients: usize) -> St
                     let Some(req) = requests.get(i) else { break };
                     let t = Instant::now();
                     conn.write_all(req).await.expect("send");
-                    let ok = response(&mut conn, &mut buf).await.expect("answer");
+                    let ok = common::response(&mut conn, &mut buf).await.expect("answer");
                     assert!(ok, "not 200: {}", String::from_utf8_lossy(&buf));
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 }

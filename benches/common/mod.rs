@@ -68,3 +68,36 @@ pub async fn migrate_before(db: &sqlx::PgPool, dir: &std::path::Path, version: i
     }
     sqlx::migrate::Migrator::new(dir).await.unwrap().run(db).await.unwrap();
 }
+
+/// Reads one HTTP/1.1 response from a keep-alive connection into `buf`; true when it is a
+/// 200.
+#[allow(dead_code)]
+pub async fn response(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let ok = head.starts_with("HTTP/1.1 200");
+            while buf.len() < end + 4 + length {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(ok);
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

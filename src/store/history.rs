@@ -188,7 +188,7 @@ pub async fn retire(
                 .map(|p| (p.table_name.as_str(), p.partition.as_str()))
                 .collect(),
         };
-        let k = if dry_run { kept_in(pool, &day, cutoff).await? } else { keep(pool, &day, cutoff).await? };
+        let k = keep(pool, &day, cutoff, dry_run).await?;
         add(&mut report.kept, k);
         for p in due.iter().filter(|p| p.from_at == from && p.to_at == to) {
             let rows: i64 =
@@ -342,28 +342,11 @@ async fn kept_by(conn: &mut sqlx::PgConnection, day: &Day<'_>, cutoff: DateTime<
     Ok(KeptBy { cutoff, keys, deliveries, inquiries })
 }
 
-/// Counts the rows [`keep`] would move.
-async fn kept_in(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    for setting in KEEP_SETTINGS {
-        sqlx::query(setting).execute(&mut *tx).await?;
-    }
-    let by = kept_by(&mut tx, day, cutoff).await?;
-    let mut n = [0u64; 4];
-    for (i, table) in TABLES.into_iter().enumerate() {
-        let Some(partition) = day.partition(table) else { continue };
-        let sql = KeptBy::sql(table, partition, "SELECT count(*) {ROWS}");
-        let c: i64 = by.bind(table, sqlx::query_scalar(&sql)).fetch_one(&mut *tx).await?;
-        n[i] = c as u64;
-    }
-    tx.rollback().await?;
-    Ok(Kept { events: n[0], deliveries: n[1], rejections: n[2], inquiries: n[3] })
-}
-
 /// Moves the rows of the day's partitions that must outlive it into today's partition, in
-/// one transaction. An intake write racing the move of the same row (a duplicate counted on
-/// a kept delivery) fails with a serialization error and is retried by intake.
-async fn keep(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
+/// one transaction (with `dry_run`, counts them and changes nothing). An intake write racing
+/// the move of the same row (a duplicate counted on a kept delivery) fails with a
+/// serialization error and is retried by intake.
+async fn keep(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>, dry_run: bool) -> Result<Kept, sqlx::Error> {
     let mut tx = pool.begin().await?;
     for setting in KEEP_SETTINGS {
         sqlx::query(setting).execute(&mut *tx).await?;
@@ -375,20 +358,30 @@ async fn keep(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>) -> Result<Kep
         // The bounds, after the condition's parameters, let Postgres read only the day's
         // partition for the rows to move.
         let (lo, hi) = (KeptBy::params(table) + 1, KeptBy::params(table) + 2);
-        let select = format!(
-            "WITH moved AS (
-                UPDATE singapay.{table} m SET stored_at = now()
-                 WHERE m.id IN (SELECT x.id {{ROWS}})
-                   AND m.stored_at >= ${lo}::text::timestamptz AND m.stored_at < ${hi}::text::timestamptz
-                RETURNING 1
-             )
-             SELECT count(*) FROM moved"
-        );
+        let select = if dry_run {
+            "SELECT count(*) {ROWS}".to_string()
+        } else {
+            format!(
+                "WITH moved AS (
+                    UPDATE singapay.{table} m SET stored_at = now()
+                     WHERE m.id IN (SELECT x.id {{ROWS}})
+                       AND m.stored_at >= ${lo}::text::timestamptz AND m.stored_at < ${hi}::text::timestamptz
+                    RETURNING 1
+                 )
+                 SELECT count(*) FROM moved"
+            )
+        };
         let sql = KeptBy::sql(table, partition, &select);
-        let c: i64 = by.bind(table, sqlx::query_scalar(&sql)).bind(day.from).bind(day.to).fetch_one(&mut *tx).await?;
+        let q = by.bind(table, sqlx::query_scalar(&sql));
+        let q = if dry_run { q } else { q.bind(day.from).bind(day.to) };
+        let c: i64 = q.fetch_one(&mut *tx).await?;
         n[i] = c as u64;
     }
-    tx.commit().await?;
+    if dry_run {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
     Ok(Kept { events: n[0], deliveries: n[1], rejections: n[2], inquiries: n[3] })
 }
 
