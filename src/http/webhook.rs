@@ -417,7 +417,11 @@ fn storage_error(e: StoreError) -> ApiError {
 /// content is refused and kept for an operator to `replay`.
 async fn refuse_stale(state: &AppState, delivery: Delivery, notes: &Notes) -> Result<Answer, ApiError> {
     let webhook_type = delivery.classification.webhook_type.as_str();
-    let rejection = Rejection { signed: delivery.signed, reason: RejectionReason::StaleTimestamp };
+    let rejection = Rejection {
+        signed: delivery.signed,
+        reason: RejectionReason::StaleTimestamp,
+        event_at: delivery.classification.event_at,
+    };
     match state.intake.submit(Write::Stale(rejection)).await.map_err(storage_error)? {
         Written::Stored(s) => {
             counter!(metric::DUPLICATES, "webhook_type" => webhook_type).increment(1);

@@ -40,6 +40,15 @@ pub enum Write {
 }
 
 impl Write {
+    /// The content's own time, for the items that arrived over HTTP.
+    fn event_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Write::Deliver(d) => d.classification.event_at,
+            Write::Stale(r) => r.event_at,
+            Write::Reapply { .. } | Write::Inquiry(_) => None,
+        }
+    }
+
     /// What was signed, for the items that arrived over HTTP.
     pub fn signed(&self) -> Option<&Signed> {
         match self {
@@ -159,7 +168,7 @@ async fn write_items(conn: &mut PgConnection, items: &[Write], locking: Locking)
     let mut ledger = Ledger::new(locked);
     let mut new_rows: Vec<NewDelivery> = Vec::new();
     let mut new_by_sha: HashMap<[u8; 32], usize> = HashMap::new();
-    let mut retries: HashMap<i64, i32> = HashMap::new();
+    let mut retries: HashMap<(i64, DateTime<Utc>), i32> = HashMap::new();
     let mut rejections: Vec<(usize, i32)> = Vec::new();
     let mut rejection_by_sha: HashMap<[u8; 32], usize> = HashMap::new();
     let mut delivery_updates: Vec<(i64, usize, Outcome)> = Vec::new();
@@ -172,8 +181,8 @@ async fn write_items(conn: &mut PgConnection, items: &[Write], locking: Locking)
         let fate = match item {
             Write::Deliver(_) | Write::Stale(_) => {
                 let sha = item.signed().map_or([0; 32], |s| s.content_sha256);
-                if let Some(&(id, outcome)) = known.get(&sha) {
-                    *retries.entry(id).or_default() += 1;
+                if let Some(&(id, stored_at, outcome)) = known.get(&sha) {
+                    *retries.entry((id, stored_at)).or_default() += 1;
                     Fate::Known { id, outcome }
                 } else if let Some(&row) = new_by_sha.get(&sha) {
                     new_rows[row].times += 1;
@@ -252,7 +261,7 @@ async fn write_items(conn: &mut PgConnection, items: &[Write], locking: Locking)
             }
         }
     }
-    count_retries(conn, &retries).await?;
+    count_retries(conn, &retries, &stored_since(content_times(items), "d")).await?;
     let rejection_ids = insert_rejections(conn, items, &rejections).await?;
     update_reapplied(conn, items, &delivery_updates).await?;
 
@@ -416,6 +425,43 @@ async fn lock_contents(conn: &mut PgConnection, items: &[Write]) -> Result<(), s
     Ok(())
 }
 
+/// How long before a content's own time (`event_at`: the body's `timestamp`, or its
+/// change's) an earlier copy of it may have been stored: Singapay stamps a body before
+/// sending it, so only a clock of Singapay's running more than this ahead of the database's
+/// could put a copy earlier.
+const COPY_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+/// The days of history that may hold an earlier copy of the batch's contents, as a
+/// condition on `{alias}.stored_at` with a literal bound (its day's start, so few distinct
+/// statements): Postgres reads only those days' partitions (and the partition of history
+/// kept from before partitioning, stored at '-infinity'), and locks only them, instead of
+/// every day kept. A content without a time of its own (not Singapay's format) is looked up
+/// in every day.
+fn stored_since(times: impl IntoIterator<Item = Option<DateTime<Utc>>>, alias: &str) -> String {
+    let mut from: Option<DateTime<Utc>> = None;
+    for at in times {
+        let Some(at) = at.and_then(|t| t.checked_sub_signed(COPY_MARGIN)) else {
+            return "true".to_owned();
+        };
+        from = Some(from.map_or(at, |f| f.min(at)));
+    }
+    match from {
+        None => "true".to_owned(),
+        Some(t) => {
+            let day = t.date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
+            format!(
+                "({alias}.stored_at >= '{}'::timestamptz OR {alias}.stored_at = '-infinity')",
+                day.format("%Y-%m-%d %H:%M:%S+00")
+            )
+        }
+    }
+}
+
+/// The own times of the items' contents (those that arrived over HTTP), for [`stored_since`].
+fn content_times(items: &[Write]) -> impl Iterator<Item = Option<DateTime<Utc>>> + '_ {
+    items.iter().filter(|item| item.signed().is_some()).map(Write::event_at)
+}
+
 /// One row of [`read`]: a locked transaction, or a stored delivery with the same content as
 /// an item.
 #[derive(sqlx::FromRow)]
@@ -427,6 +473,7 @@ struct ReadRow {
     outcome: Option<String>,
     /// A transaction that exists but that another session has locked (skipped).
     busy: bool,
+    stored_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -444,7 +491,9 @@ struct OptionalRow {
     processed_at: Option<DateTime<Utc>>,
 }
 
-type Known = HashMap<[u8; 32], (i64, Outcome)>;
+/// Contents already stored: the delivery's id, its day (`stored_at`, which partition) and
+/// outcome.
+type Known = HashMap<[u8; 32], (i64, DateTime<Utc>, Outcome)>;
 
 /// What [`read`] found.
 struct Read {
@@ -474,13 +523,14 @@ async fn read(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Res
         return Ok(Read { locked: Vec::new(), known: HashMap::new(), busy: Vec::new() });
     }
     const NULLS: &str = "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
+    let since = stored_since(content_times(items), "d");
     let (skip, busy) = match locking {
         Locking::Wait => ("", String::new()),
         Locking::SkipLocked => (
             " SKIP LOCKED",
             format!(
                 "UNION ALL
-                 SELECT transaction_key, {NULLS}, NULL, NULL, NULL, true FROM singapay.transactions
+                 SELECT transaction_key, {NULLS}, NULL, NULL, NULL, true, NULL FROM singapay.transactions
                   WHERE transaction_key = ANY($1) AND transaction_key NOT IN (SELECT transaction_key FROM locked)"
             ),
         ),
@@ -489,11 +539,12 @@ async fn read(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Res
         "WITH locked AS (
             SELECT {ROW_COLUMNS} FROM singapay.transactions
              WHERE transaction_key = ANY($1) ORDER BY transaction_key FOR UPDATE{skip})
-         SELECT locked.*, NULL::bytea AS content_sha256, NULL::int8 AS id, NULL::text AS outcome, false AS busy
+         SELECT locked.*, NULL::bytea AS content_sha256, NULL::int8 AS id, NULL::text AS outcome, false AS busy,
+                NULL::timestamptz AS stored_at
            FROM locked
          UNION ALL
-         SELECT NULL, {NULLS}, content_sha256, id, outcome, false
-           FROM singapay.deliveries WHERE content_sha256 = ANY($2)
+         SELECT NULL, {NULLS}, d.content_sha256, d.id, d.outcome, false, d.stored_at
+           FROM singapay.deliveries d WHERE d.content_sha256 = ANY($2) AND {since}
          {busy}"
     ))
     .bind(keys)
@@ -523,7 +574,8 @@ async fn read(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Res
             (None, Some(sha), Some(id), Some(outcome)) => {
                 let sha: [u8; 32] = sha.try_into().map_err(|_| decode("deliveries.content_sha256 is not 32 bytes"))?;
                 let outcome = Outcome::parse(&outcome).ok_or_else(|| decode("deliveries.outcome outside its CHECK"))?;
-                known.insert(sha, (id, outcome));
+                let stored_at = r.stored_at.ok_or_else(|| decode("deliveries.stored_at is null"))?;
+                known.insert(sha, (id, stored_at, outcome));
             }
             _ => return Err(decode("unexpected row in the batch read")),
         }
@@ -974,21 +1026,35 @@ impl<'a> EventColumns<'a> {
     }
 }
 
-/// Retries of stored content: counted on the stored row.
-async fn count_retries(conn: &mut PgConnection, retries: &HashMap<i64, i32>) -> Result<(), sqlx::Error> {
+/// Retries of stored content: counted on the stored row, found by its id in its day's
+/// partition (`since`: the days [`read`] looked in, so that only their partitions are read
+/// and locked).
+async fn count_retries(
+    conn: &mut PgConnection,
+    retries: &HashMap<(i64, DateTime<Utc>), i32>,
+    since: &str,
+) -> Result<(), sqlx::Error> {
     if retries.is_empty() {
         return Ok(());
     }
-    let mut rows: Vec<(i64, i32)> = retries.iter().map(|(&id, &n)| (id, n)).collect();
+    let mut rows: Vec<((i64, DateTime<Utc>), i32)> = retries.iter().map(|(&k, &n)| (k, n)).collect();
     rows.sort_unstable();
-    let (ids, counts): (Vec<i64>, Vec<i32>) = rows.into_iter().unzip();
-    sqlx::query(
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut days = Vec::with_capacity(rows.len());
+    let mut counts = Vec::with_capacity(rows.len());
+    for ((id, stored_at), n) in rows {
+        ids.push(id);
+        days.push(stored_at);
+        counts.push(n);
+    }
+    sqlx::query(&format!(
         "UPDATE singapay.deliveries d
             SET times_received = d.times_received + u.n, last_received_at = now()
-           FROM unnest($1::int8[], $2::int4[]) AS u(id, n)
-          WHERE d.id = u.id",
-    )
+           FROM unnest($1::int8[], $2::timestamptz[], $3::int4[]) AS u(id, stored_at, n)
+          WHERE d.id = u.id AND d.stored_at = u.stored_at AND {since}"
+    ))
     .bind(ids)
+    .bind(days)
     .bind(counts)
     .execute(conn)
     .await?;
@@ -1017,19 +1083,21 @@ async fn insert_rejections(
     }
     // Content already refused on another day (the unique index holds within a day) is
     // counted there; the rest is inserted. The contents are locked ([`lock_contents`]).
+    // Only the days that may hold an earlier copy are read.
+    let since = stored_since(rows.iter().map(|&(item, _)| items[item].event_at()), "r");
     let sql = format!(
         "WITH t AS (
             SELECT * FROM unnest({SIGNED_ARRAYS}, $13::text[]) AS t({SIGNED_COLUMNS}, reason)
          ), counted AS (
             UPDATE singapay.rejected_deliveries r
                SET times_received = r.times_received + t.times_received, last_received_at = now()
-              FROM t WHERE r.content_sha256 = t.content_sha256
+              FROM t WHERE r.content_sha256 = t.content_sha256 AND {since}
             RETURNING r.content_sha256, r.id
          ), inserted AS (
             INSERT INTO singapay.rejected_deliveries ({SIGNED_COLUMNS}, access_token_sha256, reason)
             SELECT {SIGNED_COLUMNS}, {TOKEN_SHA256}, reason
               FROM t WHERE NOT EXISTS (SELECT 1 FROM singapay.rejected_deliveries r
-                                        WHERE r.content_sha256 = t.content_sha256)
+                                        WHERE r.content_sha256 = t.content_sha256 AND {since})
             RETURNING content_sha256, id
          )
          SELECT content_sha256, id FROM counted UNION ALL SELECT content_sha256, id FROM inserted"

@@ -42,6 +42,8 @@ pub struct Delivery {
 pub struct Rejection {
     pub signed: Signed,
     pub reason: RejectionReason,
+    /// The body's own time (`Classification::event_at`): which days may hold an earlier copy.
+    pub event_at: Option<DateTime<Utc>>,
 }
 
 /// `rejected_deliveries.reason`: why a correctly signed delivery was refused.

@@ -287,3 +287,73 @@ async fn intake_survives_its_day_partition_dropped_mid_run() {
         sqlx::query(&format!("DROP TABLE {old}")).execute(&app.db).await.unwrap();
     }
 }
+
+/// A VA payment stamped `at` (its `timestamp`, in Jakarta time as Singapay writes it).
+fn va_payment_stamped(transaction_id: &str, at: DateTime<Utc>) -> String {
+    let mut body: serde_json::Value = serde_json::from_str(&payload("va-transaction")).unwrap();
+    let jakarta = at + chrono::Duration::hours(7);
+    body["timestamp"] = jakarta.format("%d %b %Y %H:%M:%S").to_string().into();
+    body["data"]["transaction"]["transaction_id"] = transaction_id.into();
+    body.to_string()
+}
+
+/// Intake looks a content up only in the days that can hold an earlier copy of it (from a
+/// day before the body's own time): a callback of today goes through while an old day's
+/// partitions are locked exclusively (a restore, a long DDL), which it would otherwise wait
+/// behind for `lock_timeout`; and a retry of a body stamped days ago still finds its first
+/// copy in that day's partition and counts on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contents_are_looked_up_only_in_the_days_their_time_allows() {
+    let app = TestApp::spawn().await;
+    sqlx::query("SELECT singapay.ensure_partitions(current_date - 12, current_date)").execute(&app.db).await.unwrap();
+    let now = Utc::now();
+    let day = |days_ago: i64| now - chrono::Duration::days(days_ago);
+
+    // A body stamped three days ago, first stored then (its rows moved to that day).
+    let old = va_payment_stamped("3211120260314091200003", day(3));
+    let first = app.send(&old).await;
+    assert_eq!(first.status, 200, "{:?}", first.json);
+    for table in ["deliveries", "event_log"] {
+        sqlx::query(&format!("UPDATE singapay.{table} SET stored_at = stored_at - interval '3 days'"))
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    let part = partition_at(&app.db, "deliveries", day(3)).await.unwrap();
+    let held: String = sqlx::query_scalar("SELECT tableoid::regclass::text FROM singapay.deliveries")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(held, part, "the first copy is in the partition of three days ago");
+
+    // Ten days ago, every history table's partition locked exclusively.
+    let mut locker = app.db.begin().await.unwrap();
+    for table in TABLES {
+        let p = partition_at(&app.db, table, day(10)).await.unwrap();
+        sqlx::query(&format!("LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE")).execute(&mut *locker).await.unwrap();
+    }
+
+    let today = va_payment_stamped("3211120260314091200004", now);
+    let reply = tokio::time::timeout(Duration::from_secs(5), app.send(&today))
+        .await
+        .expect("a callback of today does not wait for a day ten days back");
+    assert_eq!(reply.status, 200, "{:?}", reply.json);
+    assert!(!reply.duplicate());
+
+    let retry = tokio::time::timeout(Duration::from_secs(5), app.send(&old))
+        .await
+        .expect("a retry stamped three days ago does not wait for a day ten days back");
+    assert_eq!(retry.status, 200, "{:?}", retry.json);
+    assert!(retry.duplicate(), "the retry counts on the copy stored three days ago");
+    assert_eq!(retry.delivery_id(), first.delivery_id());
+    locker.rollback().await.unwrap();
+
+    let (times, partition): (i32, String) =
+        sqlx::query_as("SELECT times_received, tableoid::regclass::text FROM singapay.deliveries WHERE id = $1")
+            .bind(first.delivery_id())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((times, partition), (2, part));
+    assert_eq!(app.count("deliveries").await, 2);
+}
