@@ -128,6 +128,8 @@ impl Settings {
 fn fill_sql(partitioned: bool) -> String {
     let (stored_col, stored_val) = if partitioned { (", stored_at", ", at") } else { ("", "") };
     let (ev_stored_col, ev_stored_val) = if partitioned { (", stored_at", ", d.received_at") } else { ("", "") };
+    // Where each transaction's history begins: its first delivery's day.
+    let (from_col, from_val) = if partitioned { (", history_from", ", min(d.received_at)") } else { ("", "") };
     format!(
         r#"WITH g AS (
     SELECT g, $2::bigint + g AS n,
@@ -161,7 +163,7 @@ fn fill_sql(partitioned: bool) -> String {
 ), t AS (
     INSERT INTO singapay.transactions
         (transaction_key, product, singapay_id, merchant_reference, status, transaction_status_code, last_response_code,
-         amount, currency, version, first_delivery_id, last_delivery_id, processed_at, created_at, updated_at)
+         amount, currency, version, first_delivery_id, last_delivery_id, processed_at, created_at, updated_at{from_col})
     SELECT d.transaction_key, 'disbursement', lpad(split_part(d.request_id, '-', 1), 31, '0'),
            'HB-' || split_part(d.request_id, '-', 1),
            max(d.status) FILTER (WHERE split_part(d.request_id, '-', 2) = '2'),
@@ -169,7 +171,7 @@ fn fill_sql(partitioned: bool) -> String {
            'IDR', 2, min(d.id) FILTER (WHERE split_part(d.request_id, '-', 2) = '1'),
            min(d.id) FILTER (WHERE split_part(d.request_id, '-', 2) = '2'), max(d.received_at), min(d.received_at),
            CASE WHEN (split_part(d.request_id, '-', 1)::bigint - $2) % 2000 = 0 THEN now() - interval '1 day'
-                ELSE max(d.received_at) END
+                ELSE max(d.received_at) END{from_val}
       FROM d
      GROUP BY d.transaction_key, split_part(d.request_id, '-', 1)
     RETURNING 1

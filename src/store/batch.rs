@@ -1122,6 +1122,7 @@ async fn update_reapplied(
     let mut statuses = Vec::new();
     let mut inquiry = Vec::new();
     let mut outcomes = Vec::new();
+    let mut marked: Vec<String> = Vec::new();
     for &(id, item, outcome) in updates {
         let Write::Reapply { classification: c, .. } = &items[item] else { continue };
         let single = c.single();
@@ -1131,6 +1132,7 @@ async fn update_reapplied(
         statuses.push(single.and_then(|s| s.status.as_deref()));
         inquiry.push(c.needs_inquiry);
         outcomes.push(outcome.as_str());
+        marked.extend(keys_of(c).chain(single.map(|s| s.transaction_key.as_str())).map(str::to_owned));
     }
     sqlx::query(
         "UPDATE singapay.deliveries d
@@ -1146,6 +1148,15 @@ async fn update_reapplied(
     .bind(statuses)
     .bind(inquiry)
     .bind(outcomes)
+    .execute(&mut *conn)
+    .await?;
+    // The transactions it names now have a row from the day the delivery was stored, before
+    // their `history_from`: retirement finds them by their last change instead.
+    sqlx::query(
+        "UPDATE singapay.transactions SET history_from = '-infinity'
+          WHERE transaction_key = ANY($1) AND history_from > '-infinity'",
+    )
+    .bind(marked)
     .execute(conn)
     .await?;
     Ok(())

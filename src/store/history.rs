@@ -151,20 +151,26 @@ pub async fn retire(
 ) -> Result<RetireReport, RetireError> {
     let mut report = RetireReport::default();
     let parts = partitions(pool).await?;
-    if !dry_run {
-        finish_interrupted(pool, &parts).await?;
-        ensure_ahead(pool).await?;
-    }
     // Never today's partition or a later one: kept rows are moved there.
-    let today: DateTime<Utc> =
-        sqlx::query_scalar("SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'")
+    let (now, today): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("SELECT now(), date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'")
             .fetch_one(pool)
             .await?;
+    if !dry_run {
+        finish_interrupted(pool, &parts).await?;
+        // `serve` keeps the days ahead ready; made here only when it has not.
+        if days_ready(&parts, now) < DAYS_AHEAD as f64 {
+            ensure_ahead(pool).await?;
+        }
+    }
     let due: Vec<Partition> =
         parts.into_iter().filter(|p| p.to_at <= cutoff && p.to_at <= today && !p.detaching).collect();
     let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>, String, String)> =
         due.iter().map(|p| (p.from_at, p.to_at, p.from_bound.clone(), p.to_bound.clone())).collect();
     ranges.dedup();
+    // The start of the oldest day postponed so far: its transactions may have rows in the
+    // later days retired now.
+    let mut oldest_postponed: Option<String> = None;
     for (from, to, from_bound, to_bound) in ranges {
         let unfinished: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM singapay.event_queue
@@ -177,41 +183,61 @@ pub async fn retire(
         if unfinished {
             tracing::warn!(%from, %to, "history not retired: events stored then are still unfinished");
             report.postponed.push((from, to));
+            oldest_postponed.get_or_insert_with(|| from_bound.clone());
             continue;
         }
+        let day_parts: Vec<&Partition> = due.iter().filter(|p| p.from_at == from && p.to_at == to).collect();
         let day = Day {
             from: &from_bound,
             to: &to_bound,
-            parts: due
-                .iter()
-                .filter(|p| p.from_at == from && p.to_at == to)
-                .map(|p| (p.table_name.as_str(), p.partition.as_str()))
-                .collect(),
+            oldest: oldest_postponed.as_deref().unwrap_or(&from_bound),
+            parts: day_parts.iter().map(|p| (p.table_name.as_str(), p.partition.as_str())).collect(),
         };
         let k = keep(pool, &day, cutoff, dry_run).await?;
         add(&mut report.kept, k);
-        for p in due.iter().filter(|p| p.from_at == from && p.to_at == to) {
-            let rows: i64 =
-                sqlx::query_scalar(&format!("SELECT count(*) FROM {}", p.partition)).fetch_one(pool).await?;
-            let rows = rows as u64;
+        let mut counted = Vec::with_capacity(day_parts.len());
+        for p in &day_parts {
+            let rows = count_rows(pool, &p.partition).await?;
             let mut written = None;
             if !dry_run {
                 if let Some(dir) = archive {
                     written = Some(archive_partition(pool, p, rows, dir).await?);
                 }
-                drop_partition(pool, &p.table_name, &p.partition).await?;
             }
+            counted.push((p, rows, written));
+        }
+        if !dry_run {
+            // Each detach waits for the statements in flight on its table: side by side, the
+            // day waits for the longest of them once, not for each table in turn.
+            futures_util::future::try_join_all(
+                day_parts.iter().map(|p| drop_partition(pool, &p.table_name, &p.partition)),
+            )
+            .await?;
+        }
+        for (p, rows, archive) in counted {
             report.retired.push(Retired {
                 table: p.table_name.clone(),
                 partition: p.partition.clone(),
                 from_at: p.from_at,
                 to_at: p.to_at,
                 rows,
-                archive: written,
+                archive,
             });
         }
     }
     Ok(report)
+}
+
+/// The rows of a partition, counted from its primary key's index (index-only: the
+/// partition is no longer written, and vacuum has marked its pages visible) rather than by
+/// reading its rows, which would push the live days out of the cache.
+async fn count_rows(pool: &PgPool, partition: &str) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL enable_bitmapscan = off").execute(&mut *tx).await?;
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {partition}")).fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows as u64)
 }
 
 fn add(total: &mut Kept, k: Kept) {
@@ -226,6 +252,10 @@ fn add(total: &mut Kept, k: Kept) {
 struct Day<'a> {
     from: &'a str,
     to: &'a str,
+    /// The start of the oldest day not retired (this one, or one postponed before it): no
+    /// transaction whose history begins earlier has rows here unless it is open, being
+    /// reconciled, or from before `history_from`.
+    oldest: &'a str,
     parts: Vec<(&'a str, &'a str)>,
 }
 
@@ -299,27 +329,28 @@ impl KeptBy {
 type QueryScalar<'q, O> = sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
 
 async fn kept_by(conn: &mut sqlx::PgConnection, day: &Day<'_>, cutoff: DateTime<Utc>) -> Result<KeptBy, sqlx::Error> {
-    let sources: Vec<String> = ["deliveries", "event_log", "inquiries"]
-        .iter()
-        .filter_map(|t| day.partition(t))
-        .map(|p| format!("SELECT transaction_key FROM {p} WHERE transaction_key IS NOT NULL"))
-        .collect();
-    let keys: Vec<String> = if sources.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_scalar(&format!(
-            "WITH day_keys AS ({})
-             SELECT k.transaction_key FROM day_keys k
-              WHERE EXISTS (SELECT 1 FROM singapay.transactions t
-                             WHERE t.transaction_key = k.transaction_key
-                               AND (t.updated_at >= $1 OR t.status IN {OPEN_STATUSES}))
-                 OR EXISTS (SELECT 1 FROM singapay.reconcile_checks c WHERE c.transaction_key = k.transaction_key)",
-            sources.join(" UNION ")
-        ))
-        .bind(cutoff)
-        .fetch_all(&mut *conn)
-        .await?
-    };
+    // Transactions whose history may hold rows of the day (it begins between the oldest
+    // day still kept and the day's end), changed since the cutoff or open: one range of
+    // `transactions_history_from_idx`, read index-only. Those from before that column
+    // ('-infinity') count by their last change alone; open ones and those being reconciled
+    // are few and read whole.
+    let keys: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT transaction_key FROM singapay.transactions
+          WHERE history_from >= $1::text::timestamptz AND history_from < $2::text::timestamptz
+            AND (updated_at >= $3 OR status IN {OPEN_STATUSES})
+         UNION
+         SELECT transaction_key FROM singapay.transactions WHERE history_from = '-infinity' AND updated_at >= $3
+         UNION
+         SELECT transaction_key FROM singapay.transactions
+          WHERE status IN {OPEN_STATUSES} AND history_from < $2::text::timestamptz
+         UNION
+         SELECT transaction_key FROM singapay.reconcile_checks"
+    ))
+    .bind(day.oldest)
+    .bind(day.to)
+    .bind(cutoff)
+    .fetch_all(&mut *conn)
+    .await?;
     let events = day.partition("event_log").map_or(String::new(), |p| {
         format!(
             "UNION SELECT e.delivery_id FROM {p} e
@@ -380,6 +411,16 @@ async fn keep(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>, dry_run: bool
     if dry_run {
         tx.rollback().await?;
     } else {
+        // The kept transactions' history now begins after the day at the earliest (unless
+        // a day before it waits, postponed, and may hold more of it).
+        sqlx::query(
+            "UPDATE singapay.transactions SET history_from = $2::text::timestamptz
+              WHERE transaction_key = ANY($1) AND history_from > '-infinity' AND history_from < $2::text::timestamptz",
+        )
+        .bind(if day.oldest == day.from { &by.keys[..] } else { &[] })
+        .bind(day.to)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
     }
     Ok(Kept { events: n[0], deliveries: n[1], rejections: n[2], inquiries: n[3] })

@@ -38,7 +38,7 @@ async fn age_everything(db: &sqlx::PgPool, days: i32) {
                 received_at = received_at - $1 * interval '1 day', last_received_at = last_received_at - $1 * interval '1 day'",
         "UPDATE singapay.inquiries SET stored_at = stored_at - $1 * interval '1 day', asked_at = asked_at - $1 * interval '1 day'",
         "UPDATE singapay.transactions SET created_at = created_at - $1 * interval '1 day',
-                updated_at = updated_at - $1 * interval '1 day'",
+                updated_at = updated_at - $1 * interval '1 day', history_from = history_from - $1 * interval '1 day'",
     ] {
         sqlx::query(sql).bind(days).execute(db).await.unwrap();
     }
@@ -542,4 +542,67 @@ async fn legacy_left(db: &sqlx::PgPool) -> i64 {
         .fetch_one(db)
         .await
         .unwrap()
+}
+
+/// Retirement finds the transactions whose rows it must keep through where their history
+/// begins (`transactions.history_from`): a payout whose history spans two retired days and
+/// goes on today is kept whole by the retirement of both days, the second finding it
+/// because the first moved its beginning on; so is one from before `history_from` existed
+/// ('-infinity'), through its last change. A quiet payout of the same days goes entirely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_spanning_consecutive_retired_days_is_kept_whole() {
+    let app = TestApp::spawn().await;
+    for key in ["LONG", "PRE", "QUIET"] {
+        assert_eq!(app.send(&disbursement(key, "01", 1)).await.status, 200);
+    }
+    ack_all(&app).await;
+    age_everything(&app.db, 1).await;
+    for key in ["LONG", "PRE", "QUIET"] {
+        assert_eq!(app.send(&disbursement(key, if key == "QUIET" { "00" } else { "03" }, 2)).await.status, 200);
+    }
+    ack_all(&app).await;
+    age_everything(&app.db, 99).await;
+    sqlx::query(
+        "UPDATE singapay.transactions SET history_from = '-infinity' WHERE transaction_key = 'disbursement:PRE'",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    for key in ["LONG", "PRE"] {
+        assert_eq!(app.send(&disbursement(key, "00", 3)).await.status, 200);
+    }
+    ack_all(&app).await;
+    let days: Vec<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT DISTINCT date_trunc('day', stored_at, 'UTC') FROM singapay.deliveries
+          WHERE stored_at < now() - interval '90 days' ORDER BY 1",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(days.len(), 2, "the first two versions are on two consecutive old days: {days:?}");
+
+    let report = history::retire(&app.db, cutoff(), None, false).await.unwrap();
+    assert!(report.postponed.is_empty(), "{report:?}");
+    assert_eq!(report.kept, history::Kept { events: 4, deliveries: 4, rejections: 0, inquiries: 0 });
+    for key in ["disbursement:LONG", "disbursement:PRE"] {
+        let history: Vec<(i32, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT version, to_status, received_at FROM singapay.transaction_history
+              WHERE transaction_key = $1 ORDER BY version",
+        )
+        .bind(key)
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        let statuses: Vec<&str> = history.iter().map(|h| h.1.as_str()).collect();
+        assert_eq!(statuses, ["initiated", "pending", "succeeded"], "{key}'s history stays whole: {history:?}");
+        assert!(history.iter().all(|h| h.2.is_some()), "with the delivery of every version: {history:?}");
+    }
+    let quiet: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM singapay.transaction_history WHERE transaction_key = 'disbursement:QUIET'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(quiet, 0, "the quiet payout's history went with its days");
+    assert_eq!(app.count("deliveries").await, 6);
 }
