@@ -367,9 +367,13 @@ async fn settle(pool: &PgPool, tables: &str) {
 // ---------------------------------------------------------------------------------------
 // Load: signed callbacks, consumers.
 
+/// A payout that succeeded just now (Singapay stamps a callback with its own time, epoch
+/// milliseconds for disbursements).
 fn disbursement(n: u64) -> String {
+    let processed = Utc::now().timestamp_millis();
+    let posted = processed - 2000;
     format!(
-        r#"{{"response_code":"SP000","response_message":"Successfully","event":"disbursement","data":{{"transaction_id":"{n:031}","reference_number":"LIVE-{n}","transaction_status":{{"code":"00","desc":"Success"}},"post_timestamp":"1773645729000","processed_timestamp":"1773645731000","bank":{{"code":"014","name":"BCA","account_name":"CV BENCH","account_number":"1000123456789"}},"gross_amount":{{"currency":"IDR","value":"252500.00"}},"fee":{{"currency":"IDR","value":"2500"}},"net_amount":{{"currency":"IDR","value":"250000.00"}},"balance_after":{{"currency":"IDR","value":"4817300.00"}},"notes":"bench"}}}}"#
+        r#"{{"response_code":"SP000","response_message":"Successfully","event":"disbursement","data":{{"transaction_id":"{n:031}","reference_number":"LIVE-{n}","transaction_status":{{"code":"00","desc":"Success"}},"post_timestamp":"{posted}","processed_timestamp":"{processed}","bank":{{"code":"014","name":"BCA","account_name":"CV BENCH","account_number":"1000123456789"}},"gross_amount":{{"currency":"IDR","value":"252500.00"}},"fee":{{"currency":"IDR","value":"2500"}},"net_amount":{{"currency":"IDR","value":"250000.00"}},"balance_after":{{"currency":"IDR","value":"4817300.00"}},"notes":"bench"}}}}"#
     )
 }
 

@@ -332,8 +332,8 @@ async fn kept_by(conn: &mut sqlx::PgConnection, day: &Day<'_>, cutoff: DateTime<
     // Transactions whose history may hold rows of the day (it begins between the oldest
     // day still kept and the day's end), changed since the cutoff or open: one range of
     // `transactions_history_from_idx`, read index-only. Those from before that column
-    // ('-infinity') count by their last change alone; open ones and those being reconciled
-    // are few and read whole.
+    // ('-infinity') count by their last change; open ones whose history began earlier
+    // still (`transactions_open_history_idx`) and those being reconciled are few.
     let keys: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT transaction_key FROM singapay.transactions
           WHERE history_from >= $1::text::timestamptz AND history_from < $2::text::timestamptz
@@ -342,7 +342,7 @@ async fn kept_by(conn: &mut sqlx::PgConnection, day: &Day<'_>, cutoff: DateTime<
          SELECT transaction_key FROM singapay.transactions WHERE history_from = '-infinity' AND updated_at >= $3
          UNION
          SELECT transaction_key FROM singapay.transactions
-          WHERE status IN {OPEN_STATUSES} AND history_from < $2::text::timestamptz
+          WHERE status IN {OPEN_STATUSES} AND history_from < $1::text::timestamptz
          UNION
          SELECT transaction_key FROM singapay.reconcile_checks"
     ))
