@@ -41,7 +41,7 @@
 //! role of its own), and the retention window's WAL less the windows' without it.
 //!
 //! The DELETE path: a second database on the schema before `20261208000001`, filled by the
-//! same generator at the first size (same rows per day); the three history migrations are
+//! same generator at the first size (same rows per day); the history migrations are
 //! run and timed (the upgrade procedure on that install); then `store::prune` (batches of
 //! 1,000) deletes the oldest day from the `_legacy` partitions, timed with its WAL, and the
 //! VACUUM that the deletes leave to do is timed too. The database is dropped afterwards.
@@ -67,8 +67,10 @@ use tokio::net::TcpStream;
 
 const PATH: &str = "/webhooks/singapay";
 const SECRET: &str = "bench-secret-0123456789";
-/// The first of the three history migrations.
-const HISTORY_MIGRATIONS: [i64; 3] = [20261208000001, 20261208000002, 20261208000003];
+/// The history migrations: partitioning (three), then where transactions' histories begin
+/// (a column and two indexes built concurrently).
+const HISTORY_MIGRATIONS: [i64; 6] =
+    [20261208000001, 20261208000002, 20261208000003, 20261209000001, 20261209000002, 20261209000003];
 /// Most transactions one fill statement writes.
 const CHUNK: i64 = 25_000;
 /// History rows per transaction: two deliveries, two events.
