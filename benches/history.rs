@@ -864,6 +864,11 @@ fn free_gb(path: &std::path::Path) -> f64 {
 }
 
 fn main() {
+    // retire's own account of each day (its phases), on stderr with the rest.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("singapay_webhooks::store::history=debug"))
+        .with_writer(std::io::stderr)
+        .try_init();
     let s = Settings::from_env();
     let tmp = std::env::temp_dir();
     let free = free_gb(&tmp);

@@ -15,18 +15,23 @@ ALTER TABLE singapay.transactions ADD COLUMN history_from timestamptz NOT NULL D
 ALTER TABLE singapay.transactions ALTER COLUMN history_from SET DEFAULT now();
 
 -- The partitions' ranges are read from the catalog without opening each partition (a
--- partition bound names no column, so it needs no relation to be printed): listing them
--- cost a lock and a relation-cache entry per partition, tens of milliseconds a listing with
--- a year of days under load, and every retirement and ensure_partitions lists them.
+-- partition bound names no column, so it needs no relation to be printed), and each bound
+-- is printed and parsed once per partition: listing them cost a lock and a relation-cache
+-- entry per partition and four prints of its bound, tens of milliseconds a listing with a
+-- year of days under load, and every retirement and ensure_partitions lists them.
 CREATE OR REPLACE VIEW singapay.history_partitions AS
 SELECT p.relname::text                 AS table_name,
        c.oid::regclass                 AS partition,
-       CASE WHEN b.m[1] = 'MINVALUE' THEN '-infinity'::timestamptz ELSE btrim(b.m[1], '''')::timestamptz END AS from_at,
-       CASE WHEN b.m[2] = 'MAXVALUE' THEN 'infinity'::timestamptz ELSE btrim(b.m[2], '''')::timestamptz END AS to_at,
+       b.from_at,
+       b.to_at,
        i.inhdetachpending              AS detaching
   FROM pg_inherits i
   JOIN pg_class c ON c.oid = i.inhrelid
   JOIN pg_class p ON p.oid = i.inhparent
   JOIN pg_namespace n ON n.oid = p.relnamespace
- CROSS JOIN LATERAL (SELECT regexp_match(pg_get_expr(c.relpartbound, 0), 'FROM \((.*)\) TO \((.*)\)') AS m) b
+ CROSS JOIN LATERAL (
+    SELECT CASE WHEN r.m[1] = 'MINVALUE' THEN '-infinity'::timestamptz ELSE btrim(r.m[1], '''')::timestamptz END AS from_at,
+           CASE WHEN r.m[2] = 'MAXVALUE' THEN 'infinity'::timestamptz ELSE btrim(r.m[2], '''')::timestamptz END AS to_at
+      FROM (SELECT regexp_match(pg_get_expr(c.relpartbound, 0), 'FROM \((.*)\) TO \((.*)\)') AS m OFFSET 0) r
+     OFFSET 0) b
  WHERE n.nspname = 'singapay' AND p.relname = ANY (singapay_history.tables());

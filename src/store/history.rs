@@ -150,6 +150,7 @@ pub async fn retire(
     dry_run: bool,
 ) -> Result<RetireReport, RetireError> {
     let mut report = RetireReport::default();
+    let began = std::time::Instant::now();
     let parts = partitions(pool).await?;
     // Never today's partition or a later one: kept rows are moved there.
     let (now, today): (DateTime<Utc>, DateTime<Utc>) =
@@ -163,6 +164,7 @@ pub async fn retire(
             ensure_ahead(pool).await?;
         }
     }
+    tracing::debug!(partitions = parts.len(), ms = began.elapsed().as_millis() as u64, "history retirement prepared");
     let due: Vec<Partition> =
         parts.into_iter().filter(|p| p.to_at <= cutoff && p.to_at <= today && !p.detaching).collect();
     let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>, String, String)> =
@@ -193,7 +195,9 @@ pub async fn retire(
             oldest: oldest_postponed.as_deref().unwrap_or(&from_bound),
             parts: day_parts.iter().map(|p| (p.table_name.as_str(), p.partition.as_str())).collect(),
         };
+        let started = std::time::Instant::now();
         let k = keep(pool, &day, cutoff, dry_run).await?;
+        let kept_in = started.elapsed();
         add(&mut report.kept, k);
         let mut counted = Vec::with_capacity(day_parts.len());
         for p in &day_parts {
@@ -206,6 +210,7 @@ pub async fn retire(
             }
             counted.push((p, rows, written));
         }
+        let counted_in = started.elapsed();
         if !dry_run {
             // Each detach waits for the statements in flight on its table: side by side, the
             // day waits for the longest of them once, not for each table in turn.
@@ -214,6 +219,13 @@ pub async fn retire(
             )
             .await?;
         }
+        tracing::info!(
+            %from, %to, kept = ?k, dry_run,
+            keep_ms = kept_in.as_millis() as u64,
+            count_and_archive_ms = (counted_in - kept_in).as_millis() as u64,
+            detach_and_drop_ms = (started.elapsed() - counted_in).as_millis() as u64,
+            "history day retired"
+        );
         for (p, rows, archive) in counted {
             report.retired.push(Retired {
                 table: p.table_name.clone(),
@@ -315,15 +327,11 @@ impl KeptBy {
             _ => q.bind(&self.keys).bind(&self.inquiries),
         }
     }
+}
 
-    /// How many parameters [`KeptBy::bind`] binds for `table`.
-    fn params(table: &str) -> usize {
-        match table {
-            "event_log" | "rejected_deliveries" => 1,
-            "deliveries" => 3,
-            _ => 2,
-        }
-    }
+/// A bound as Postgres printed it (`from_bound`, `to_bound`), as a `timestamptz` literal.
+fn literal(bound: &str) -> String {
+    format!("'{}'::timestamptz", bound.replace('\'', "''"))
 }
 
 type QueryScalar<'q, O> = sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
@@ -386,9 +394,10 @@ async fn keep(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>, dry_run: bool
     let mut n = [0u64; 4];
     for (i, table) in TABLES.into_iter().enumerate() {
         let Some(partition) = day.partition(table) else { continue };
-        // The bounds, after the condition's parameters, let Postgres read only the day's
-        // partition for the rows to move.
-        let (lo, hi) = (KeptBy::params(table) + 1, KeptBy::params(table) + 2);
+        // The bounds, as literals (constants when the statement is planned), let Postgres
+        // plan and lock only the day's partition among the table's, however many days are
+        // kept: a bound given as a parameter cast from text prunes only when the statement
+        // runs, after planning over every partition.
         let select = if dry_run {
             "SELECT count(*) {ROWS}".to_string()
         } else {
@@ -396,15 +405,16 @@ async fn keep(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>, dry_run: bool
                 "WITH moved AS (
                     UPDATE singapay.{table} m SET stored_at = now()
                      WHERE m.id IN (SELECT x.id {{ROWS}})
-                       AND m.stored_at >= ${lo}::text::timestamptz AND m.stored_at < ${hi}::text::timestamptz
+                       AND m.stored_at >= {} AND m.stored_at < {}
                     RETURNING 1
                  )
-                 SELECT count(*) FROM moved"
+                 SELECT count(*) FROM moved",
+                literal(day.from),
+                literal(day.to)
             )
         };
         let sql = KeptBy::sql(table, partition, &select);
         let q = by.bind(table, sqlx::query_scalar(&sql));
-        let q = if dry_run { q } else { q.bind(day.from).bind(day.to) };
         let c: i64 = q.fetch_one(&mut *tx).await?;
         n[i] = c as u64;
     }
