@@ -606,3 +606,75 @@ async fn a_history_spanning_consecutive_retired_days_is_kept_whole() {
     assert_eq!(quiet, 0, "the quiet payout's history went with its days");
     assert_eq!(app.count("deliveries").await, 6);
 }
+
+/// The released schema (partitioned history, before `history_from`), with rows in every
+/// table, upgraded by `migrate`: every row and value is still there; the transactions
+/// already stored read `history_from = '-infinity'`, a new one `now()`; and retiring their
+/// day later still keeps the history of one of them that changed since the cutoff (found by
+/// its last change), while the quiet ones' rows go with the day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_released_partitioned_schema_upgrades_to_history_from_keeping_every_row() {
+    let (url, db) = crate::helpers::database_before_migration(20261209000001).await;
+    crate::helpers::seed_events(&db, 30, 2).await;
+    for sql in [
+        "UPDATE singapay.transaction_events SET state = 'done', finished_at = now(), attempts = 1",
+        "UPDATE singapay.transactions SET status = 'succeeded'",
+        "INSERT INTO singapay.rejected_deliveries (content_sha256, reason, x_timestamp, credential, signature_form,
+                request_path, x_signature, access_token, body)
+         SELECT sha256(('r' || g)::bytea), 'stale_timestamp', '1700000000', 'primary', 'php', '/webhooks/singapay',
+                'sig', 'tok-' || g, '{}'::bytea FROM generate_series(1, 5) g",
+        "INSERT INTO singapay.inquiries (transaction_key, reason, asked_by, method, path, response_body, answer,
+                elapsed_ms, status)
+         SELECT 'disbursement:seed-' || g, 'overdue', 'old', 'POST', '/api/v2.0/x', '{}'::bytea, 'status', 5, 'pending'
+           FROM generate_series(1, 30) g",
+        "INSERT INTO singapay.reconcile_checks (transaction_key, reason, state, last_inquiry_id, not_found)
+         SELECT transaction_key, 'overdue', 'open', id, 1 FROM singapay.inquiries WHERE id = 1",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    let before = crate::db_hardening::tables_digest(&db, None).await;
+    assert!(before.iter().all(|(table, _, _, rows)| *rows > 0 || table == "event_queue"), "{before:?}");
+    store::migrate(&secrecy::SecretString::from(url.clone())).await.expect("the upgrade");
+    let columns: Vec<(String, String)> = before.iter().map(|(t, c, _, _)| (t.clone(), c.clone())).collect();
+    let after = crate::db_hardening::tables_digest(&db, Some(&columns)).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((&b.0, &b.2, b.3), (&a.0, &a.2, a.3), "{} kept every row and value", b.0);
+    }
+    let unknown: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM singapay.transactions WHERE history_from = '-infinity'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(unknown, 30, "the transactions stored before the column: their history may begin anywhere");
+
+    let app = TestApp::spawn_on(url, db.clone(), |_| {}).await;
+    age_everything(&db, 100).await;
+    // One old payout changed lately; the one being reconciled (seed-1) is kept for its check.
+    sqlx::query("UPDATE singapay.transactions SET updated_at = now() WHERE transaction_key = 'disbursement:seed-7'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let fresh = app.send(&disbursement("FRESH", "01", 1)).await.delivery_id();
+    let recent: bool = sqlx::query_scalar(
+        "SELECT history_from > now() - interval '1 minute' FROM singapay.transactions
+          WHERE transaction_key = 'disbursement:FRESH'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(recent, "a new transaction's history begins when it is stored");
+
+    let report = history::retire(&db, cutoff(), None, false).await.unwrap();
+    assert!(report.postponed.is_empty(), "{report:?}");
+    let kept: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT transaction_key FROM singapay.transaction_events WHERE transaction_key LIKE '%seed%' ORDER BY 1",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(kept, ["disbursement:seed-1", "disbursement:seed-7"], "the checked and the changed payouts' events");
+    let inquiries: Vec<String> =
+        sqlx::query_scalar("SELECT transaction_key FROM singapay.inquiries ORDER BY 1").fetch_all(&db).await.unwrap();
+    assert_eq!(inquiries, ["disbursement:seed-1", "disbursement:seed-7"]);
+    assert!(ids(&db, "SELECT id FROM singapay.deliveries").await.contains(&fresh));
+}
