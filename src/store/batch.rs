@@ -160,7 +160,10 @@ enum Locking {
 
 async fn write_items(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Result<Attempt, BatchError> {
     lock_contents(conn, items).await?;
-    let Read { locked, known, busy } = read(conn, items, locking).await?;
+    // The days that may hold an earlier copy of the contents: where they are looked up and
+    // where their retries are counted.
+    let since = stored_since(content_times(items), "d");
+    let Read { locked, known, busy } = read(conn, items, locking, &since).await?;
     let left_out = left_out(items, &busy);
     let reapplied = lock_reapplied(conn, items).await?;
 
@@ -261,7 +264,7 @@ async fn write_items(conn: &mut PgConnection, items: &[Write], locking: Locking)
             }
         }
     }
-    count_retries(conn, &retries, &stored_since(content_times(items), "d")).await?;
+    count_retries(conn, &retries, &since).await?;
     let rejection_ids = insert_rejections(conn, items, &rejections).await?;
     update_reapplied(conn, items, &delivery_updates).await?;
 
@@ -514,7 +517,8 @@ struct Read {
 /// The look-up sees the statement's snapshot, taken before any lock wait: content that a
 /// writer we waited for has just committed is not seen, its insert comes back short, and
 /// the batch is retried ([`BatchError::Raced`]).
-async fn read(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Result<Read, sqlx::Error> {
+/// `since`: the condition on `d.stored_at` of [`stored_since`].
+async fn read(conn: &mut PgConnection, items: &[Write], locking: Locking, since: &str) -> Result<Read, sqlx::Error> {
     let mut keys: Vec<&str> = items.iter().flat_map(item_keys).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -523,7 +527,6 @@ async fn read(conn: &mut PgConnection, items: &[Write], locking: Locking) -> Res
         return Ok(Read { locked: Vec::new(), known: HashMap::new(), busy: Vec::new() });
     }
     const NULLS: &str = "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
-    let since = stored_since(content_times(items), "d");
     let (skip, busy) = match locking {
         Locking::Wait => ("", String::new()),
         Locking::SkipLocked => (

@@ -423,14 +423,17 @@ async fn keep(pool: &PgPool, day: &Day<'_>, cutoff: DateTime<Utc>, dry_run: bool
     } else {
         // The kept transactions' history now begins after the day at the earliest (unless
         // a day before it waits, postponed, and may hold more of it).
-        sqlx::query(
-            "UPDATE singapay.transactions SET history_from = $2::text::timestamptz
-              WHERE transaction_key = ANY($1) AND history_from > '-infinity' AND history_from < $2::text::timestamptz",
-        )
-        .bind(if day.oldest == day.from { &by.keys[..] } else { &[] })
-        .bind(day.to)
-        .execute(&mut *tx)
-        .await?;
+        if day.oldest == day.from {
+            sqlx::query(
+                "UPDATE singapay.transactions SET history_from = $2::text::timestamptz
+                  WHERE transaction_key = ANY($1) AND history_from > '-infinity'
+                    AND history_from < $2::text::timestamptz",
+            )
+            .bind(&by.keys)
+            .bind(day.to)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
     }
     Ok(Kept { events: n[0], deliveries: n[1], rejections: n[2], inquiries: n[3] })
