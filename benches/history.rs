@@ -56,17 +56,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{Datelike, NaiveDate, Utc};
 use futures::StreamExt;
-use secrecy::SecretString;
 use singapay_webhooks::embedded_pg::{self, free_port, Cluster};
-use singapay_webhooks::singapay::{signature, Body};
 use singapay_webhooks::store::{self, history, MIGRATOR};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const PATH: &str = "/webhooks/singapay";
-const SECRET: &str = "bench-secret-0123456789";
+use common::{PATH, SECRET};
 /// The history migrations: partitioning (three), then where transactions' histories begin
 /// (a column and two indexes built concurrently).
 const HISTORY_MIGRATIONS: [i64; 6] =
@@ -381,17 +378,7 @@ fn disbursement(n: u64) -> String {
 
 /// A complete HTTP/1.1 request, signed as Singapay signs (PHP's canonical form), now.
 fn request(n: u64) -> Vec<u8> {
-    let body = disbursement(n);
-    let token = format!("live{n}");
-    let ts = Utc::now().timestamp().to_string();
-    let php = Body::analyse(body.as_bytes()).php.expect("canonical form");
-    let key = SecretString::from(SECRET.to_owned());
-    let sig = signature::sign(&key, PATH.as_bytes(), token.as_bytes(), php.as_bytes(), ts.as_bytes());
-    format!(
-        "POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Signature: {sig}\r\nX-Timestamp: {ts}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    common::signed_request(&disbursement(n), &format!("live{n}"), &Utc::now().timestamp().to_string())
 }
 
 /// (seconds since the load's start, milliseconds, answered 200).

@@ -20,12 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use singapay_webhooks::embedded_pg::{self, free_port};
-use singapay_webhooks::singapay::{signature, Body};
 
-const SECRET: &str = "bench-secret-0123456789";
-const PATH: &str = "/webhooks/singapay";
+use common::{PATH, SECRET};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -90,9 +87,7 @@ async fn callback(client: &reqwest::Client, port: u16, n: usize) -> (u16, f64) {
         r#"{{"response_code":"SP000","event":"disbursement","data":{{"transaction_id":"{n:031}","transaction_status":{{"code":"00","desc":"Success"}}}}}}"#
     );
     let ts = chrono::Utc::now().timestamp().to_string();
-    let php = Body::analyse(body.as_bytes()).php.expect("canonical form");
-    let key = SecretString::from(SECRET.to_owned());
-    let sig = signature::sign(&key, PATH.as_bytes(), b"tok", php.as_bytes(), ts.as_bytes());
+    let sig = common::sign(&body, "tok", &ts);
     let started = Instant::now();
     let status = client
         .post(format!("http://127.0.0.1:{port}{PATH}"))

@@ -29,15 +29,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use singapay_webhooks::embedded_pg::{self, free_port, Cluster};
-use singapay_webhooks::singapay::signature;
-use singapay_webhooks::singapay::Body;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const PATH: &str = "/webhooks/singapay";
-const SECRET: &str = "bench-secret-0123456789";
+use common::SECRET;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -121,21 +117,9 @@ fn unknown(n: usize) -> String {
     format!(r#"{{"event":"bench.something-new","data":{{"id":{n},"note":"not a known callback"}}}}"#)
 }
 
-/// A complete HTTP/1.1 request, signed as Singapay signs (PHP's canonical form).
-fn request(body: &str, token: &str, ts: &str) -> Vec<u8> {
-    let php = Body::analyse(body.as_bytes()).php.expect("canonical form");
-    let key = SecretString::from(SECRET.to_owned());
-    let sig = signature::sign(&key, PATH.as_bytes(), token.as_bytes(), php.as_bytes(), ts.as_bytes());
-    format!(
-        "POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Signature: {sig}\r\nX-Timestamp: {ts}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 fn signed(bodies: impl Iterator<Item = (usize, String)>) -> Vec<Vec<u8>> {
     let ts = chrono::Utc::now().timestamp().to_string();
-    bodies.map(|(n, b)| request(&b, &format!("bench{n}"), &ts)).collect()
+    bodies.map(|(n, b)| common::signed_request(&b, &format!("bench{n}"), &ts)).collect()
 }
 
 /// (utime + stime) of `pid` in seconds.
@@ -228,12 +212,14 @@ async fn load(port: u16, pid: u32, requests: Vec<Vec<u8>>, clients: usize) -> St
 fn pgbench_script(k: usize) -> String {
     // pgbench reads `:name` as a variable: no colon in the JSON touches a name or number.
     let body = disbursement(0).replace("\":", "\": ");
+    // The look-up reads the days from the one before the bodies' own time (intake's bound).
+    let since = "2026-03-15 00:00:00+00";
     format!(
         r#"\set n random(1, 9000000000000000000)
 BEGIN;
 SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT ('x' || left(encode(sha256(((:n::int8 + g)::text)::bytea), 'hex'), 16))::bit(64)::int8 AS k FROM generate_series(1, {k}) g ORDER BY 1) s;
 SELECT transaction_key, status, version FROM singapay.transactions WHERE transaction_key = ANY (ARRAY(SELECT 'disbursement:' || (:n::int8 + g) FROM generate_series(1, {k}) g)) ORDER BY transaction_key FOR UPDATE;
-SELECT content_sha256, id, outcome FROM singapay.deliveries WHERE content_sha256 = ANY (ARRAY(SELECT sha256(((:n::int8 + g)::text)::bytea) FROM generate_series(1, {k}) g));
+SELECT content_sha256, id, outcome, stored_at FROM singapay.deliveries d WHERE content_sha256 = ANY (ARRAY(SELECT sha256(((:n::int8 + g)::text)::bytea) FROM generate_series(1, {k}) g)) AND (d.stored_at >= '{since}'::timestamptz OR d.stored_at = '-infinity');
 INSERT INTO singapay.deliveries (times_received, content_sha256, credential, signature_form, signed_at, x_timestamp, request_path, request_id, partner_id, x_signature, access_token, body, webhook_type, event, transaction_key, response_code, response_message, response_class, transaction_status_code, transaction_status_desc, status, needs_inquiry, outcome, event_at, payload) SELECT 1, sha256(((:n::int8 + g)::text)::bytea), 'bench', 'php', now(), '1773645729', '/webhooks/singapay', NULL, NULL, repeat('a', 128), 'token', convert_to('{body}', 'UTF8'), 'disbursement', 'disbursement', 'disbursement:' || (:n::int8 + g), 'SP000', 'Successfully', 'success', '00', 'Success', 'succeeded', false, 'applied', NULL, '{body}'::jsonb FROM generate_series(1, {k}) g RETURNING content_sha256, id;
 INSERT INTO singapay.transactions (transaction_key, product, status, version, transaction_status_code, last_response_code, amount, currency, singapay_id, merchant_reference, processed_at, first_delivery_id, last_delivery_id) SELECT d.transaction_key, 'disbursement', 'succeeded', 1, '00', 'SP000', 250000.00, 'IDR', (:n::int8 + g)::text, 'BENCH', now(), d.id, d.id FROM generate_series(1, {k}) g JOIN singapay.deliveries d ON d.content_sha256 = sha256(((:n::int8 + g)::text)::bytea) ON CONFLICT (transaction_key) DO NOTHING RETURNING transaction_key;
 WITH l AS (INSERT INTO singapay.event_log (event_id, transaction_key, version, webhook_type, from_status, to_status, response_code, transaction_status_code, delivery_id, payload) SELECT gen_random_uuid(), 'disbursement:' || (:n::int8 + g), 1, 'disbursement', NULL, 'succeeded', 'SP000', '00', d.id, '{{"schema": "singapay.transaction_event.v1","event_id": "00000000-0000-0000-0000-000000000000","transaction_key": "disbursement:1","product": "disbursement","version": 1,"from_status": null,"to_status": "succeeded","webhook_type": "disbursement","event": "disbursement","singapay_id": "1","merchant_reference": "BENCH","amount": "250000.00","currency": "IDR","response_code": "SP000","transaction_status_code": "00","occurred_at": null,"delivery_id": 1}}'::jsonb FROM generate_series(1, {k}) g JOIN singapay.deliveries d ON d.content_sha256 = sha256(((:n::int8 + g)::text)::bytea) RETURNING id, transaction_key, version, stored_at) INSERT INTO singapay.event_queue (id, transaction_key, version, stored_at) SELECT id, transaction_key, version, stored_at FROM l;

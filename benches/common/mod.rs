@@ -2,6 +2,33 @@
 
 use singapay_webhooks::embedded_pg::Cluster;
 
+/// The callback endpoint and the secret every benchmark's receiver is started with.
+#[allow(dead_code)]
+pub const PATH: &str = "/webhooks/singapay";
+#[allow(dead_code)]
+pub const SECRET: &str = "bench-secret-0123456789";
+
+/// The `X-Signature` Singapay would send for `body` (signed in PHP's canonical form) with the
+/// bearer `token` at `ts`.
+#[allow(dead_code)]
+pub fn sign(body: &str, token: &str, ts: &str) -> String {
+    use singapay_webhooks::singapay::{signature, Body};
+    let php = Body::analyse(body.as_bytes()).php.expect("canonical form");
+    let key = secrecy::SecretString::from(SECRET.to_owned());
+    signature::sign(&key, PATH.as_bytes(), token.as_bytes(), php.as_bytes(), ts.as_bytes())
+}
+
+/// A complete HTTP/1.1 request of `body` to [`PATH`], signed as Singapay signs.
+#[allow(dead_code)]
+pub fn signed_request(body: &str, token: &str, ts: &str) -> Vec<u8> {
+    let sig = sign(body, token, ts);
+    format!(
+        "POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Signature: {sig}\r\nX-Timestamp: {ts}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// A started cluster in a temporary directory; stopped and removed when dropped.
 pub struct BenchCluster {
     pub cluster: Cluster,
